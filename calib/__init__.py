@@ -1,0 +1,1 @@
+"""Calibration data and calibrators for INT8 post-training quantization."""

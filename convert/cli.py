@@ -1,0 +1,253 @@
+"""convert: build deployable YOLO artifacts from a declarative spec.
+
+Each command's help is its function's docstring. Errors print one line (with a Hint) and
+exit with status 2; a failed accuracy gate exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from convert.errors import ConvertError
+
+DEFAULT_SPEC = "pipelines/yolov5_pose_int8.yaml"
+
+
+def _dirs(args, spec=None) -> tuple[Path, Path]:
+    store = args.store or os.environ.get("CONVERT_STORE") or (spec.store if spec and spec.store else ".convert/store")
+    arts = (args.artifacts or os.environ.get("CONVERT_ARTIFACTS")
+            or (spec.artifacts if spec and spec.artifacts else "artifacts"))
+    return Path(store), Path(arts)
+
+
+def _load(args):
+    from convert.spec import load_spec
+
+    return load_spec(args.spec, args.overrides)
+
+
+def _manager(args, spec, log=None):
+    from convert.manager import Manager
+    from convert.store import Store
+
+    store, arts = _dirs(args, spec)
+    return Manager(spec, Store(store), arts, log=log or (lambda s: None),
+                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty())
+
+
+def cmd_run(args) -> int:
+    """Run a spec: cached stages are reused, changed ones and those after them run.
+
+    Publishes artifacts/<spec name>/<version>/ with every stage's files and a manifest, points
+    `latest` at it and writes the lockfile beside the spec (<spec>.lock).
+    """
+    spec = _load(args)
+    out = sys.stderr if args.json else sys.stdout
+    mgr = _manager(args, spec, log=lambda s: print(s, file=out, flush=True))
+    force = set(args.force or [])
+    if args.force_all:
+        force.add("*")
+    report = None
+    try:
+        report = mgr.run(force=force, until=args.until, frozen=args.frozen)
+    finally:
+        if args.json and report is not None:
+            print(json.dumps(report.to_json(), indent=1))
+    if report.published and not args.json:
+        print(f"published {report.published}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    """Check a spec (bases, interpolation, overrides, every pass's parameters, files) without running it."""
+    spec = _load(args)
+    print(f"{spec.path}: ok ({len(spec.stages)} stages: {', '.join(s.name for s in spec.stages)})")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    """Dry run: say which stages are cached and which would run."""
+    spec = _load(args)
+    plan = _manager(args, spec).plan(force=set(args.force or []))
+    if args.json:
+        print(json.dumps([{"stage": r.name, "pass": r.pass_name, "status": r.status, "key": r.key}
+                          for r in plan], indent=1))
+        return 0
+    for r in plan:
+        state = "cached" if r.status == "cached" else "will run"
+        print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]}")
+    return 0
+
+
+def cmd_passes(args) -> int:
+    """List the passes, or show one pass's parameters with `convert passes show NAME`."""
+    from convert.registry import all_passes, get_pass
+
+    if args.action == "show":
+        if not args.name:
+            raise ConvertError("`convert passes show` needs a pass name.", hint="`convert passes` lists them.")
+        print(describe_pass(get_pass(args.name)))
+        return 0
+    for name, cls in sorted(all_passes().items()):
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"{name:<18} {doc}")
+    return 0
+
+
+def describe_pass(cls) -> str:
+    """The help text of a pass: its docstring, inputs, output and parameter schema."""
+    lines = [f"{cls.name} (version {cls.version}): {(cls.__doc__ or '').strip()}", ""]
+    if cls.inputs:
+        lines.append("inputs:")
+        for role, inp in cls.inputs.items():
+            lines.append(f"  {role}: {' | '.join(inp.kinds)}{'[]' if inp.many else ''}"
+                         f"{'' if inp.required else ' (optional)'}  {inp.doc}")
+    lines.append(f"output: {cls.output}")
+    if cls.requires:
+        lines.append(f"requires: {', '.join(cls.requires)}")
+    lines.append("parameters (with:):")
+    for fname, f in cls.Config.model_fields.items():
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+        lines.append(f"  {fname}: {ann} ({default})")
+        if f.description:
+            lines.append(f"      {f.description}")
+    return "\n".join(lines)
+
+
+def cmd_versions(args) -> int:
+    """List published versions (of one spec name, or of all)."""
+    _, arts = _dirs(args)
+    names = [args.name] if args.name else sorted(p.name for p in arts.iterdir() if p.is_dir()) if arts.is_dir() else []
+    for name in names:
+        base = arts / name
+        latest = os.readlink(base / "latest") if (base / "latest").is_symlink() else None
+        versions = sorted((p for p in base.glob("*") if (p / "manifest.json").is_file() and not p.is_symlink()),
+                          key=lambda p: p.stat().st_mtime)
+        for v in versions:
+            m = json.loads((v / "manifest.json").read_text())
+            print(f"{name}/{v.name}  {m['created']}  {len(m['stages'])} stages{'  (latest)' if v.name == latest else ''}")
+    return 0
+
+
+def _version_path(args) -> Path:
+    _, arts = _dirs(args)
+    p = Path(args.target)
+    if p.is_dir():
+        return p
+    name, _, version = args.target.partition("/")
+    p = arts / name / (version or "latest")
+    if not p.exists():
+        raise ConvertError(f"no published version {args.target!r} under {arts}.",
+                           hint="`convert versions` lists them; give NAME, NAME/VERSION or a path.")
+    return p
+
+
+def cmd_show(args) -> int:
+    """Show a published version's manifest (NAME, NAME/VERSION or a path)."""
+    path = _version_path(args)
+    m = json.loads((path / "manifest.json").read_text())
+    print(f"{m['spec']}/{m['version']}  created {m['created']} on {m['host']['hostname']}")
+    for name, s in m["stages"].items():
+        status = s.get("status")
+        print(f"  {name:<16} {s['pass']:<16} {status:<8} {(s.get('output') or '')[:12]}  {s.get('seconds', 0)}s")
+        for f in m["files"].get(name, {}):
+            print(f"      {name}/{f}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Re-hash a published version's files against its manifest."""
+    from convert.manager import verify_version
+
+    path = _version_path(args)
+    problems = verify_version(path)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        raise ConvertError(f"{path}: {len(problems)} file(s) do not match the manifest.",
+                           hint="rebuild with `convert run SPEC --force-all`.")
+    print(f"{path}: ok")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    """Clean the store: remove leftovers of killed runs and every object no published version uses."""
+    from convert.store import Store
+
+    store_dir, arts = _dirs(args)
+    keep: set[str] = set()
+    if not args.all:
+        for manifest in arts.glob("*/*/manifest.json") if arts.is_dir() else []:
+            for s in json.loads(manifest.read_text())["stages"].values():
+                if s.get("output"):
+                    keep.add(s["output"])
+    counts = Store(store_dir).gc(keep)
+    print(f"removed {counts['tmp']} temporary dirs, {counts['entries']} cache entries, {counts['objects']} objects")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="convert", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", help="store directory (default: $CONVERT_STORE, the spec's `store`, .convert/store)")
+    p.add_argument("--artifacts", help="where versions are published (default: $CONVERT_ARTIFACTS, "
+                   "the spec's `artifacts`, ./artifacts)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name, fn):
+        sp = sub.add_parser(name, help=fn.__doc__.splitlines()[0], description=fn.__doc__,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def spec_args(sp, optional=False):
+        sp.add_argument("spec", nargs="?" if optional else None, default=DEFAULT_SPEC,
+                        help=f"the spec file{f' (default: {DEFAULT_SPEC})' if optional else ''}")
+        sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. model.weights=PATH")
+
+    sp = add("run", cmd_run)
+    spec_args(sp, optional=True)
+    sp.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if cached (repeatable)")
+    sp.add_argument("--force-all", action="store_true", help="re-run every stage")
+    sp.add_argument("--until", metavar="STAGE", help="stop after this stage (publishes nothing)")
+    sp.add_argument("--frozen", action="store_true", help="CI mode: fail unless keys and outputs equal the lockfile")
+    sp.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp = add("validate", cmd_validate)
+    spec_args(sp, optional=True)
+    sp = add("plan", cmd_plan)
+    spec_args(sp, optional=True)
+    sp.add_argument("--force", action="append", metavar="STAGE")
+    sp.add_argument("--json", action="store_true")
+    sp = add("passes", cmd_passes)
+    sp.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    sp.add_argument("name", nargs="?")
+    sp = add("versions", cmd_versions)
+    sp.add_argument("name", nargs="?", help="spec name")
+    for name, fn in (("show", cmd_show), ("verify", cmd_verify)):
+        sp = add(name, fn)
+        sp.add_argument("target", help="NAME (its latest), NAME/VERSION, or a version directory")
+    sp = add("gc", cmd_gc)
+    sp.add_argument("--all", action="store_true", help="also remove objects that published versions use")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConvertError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""The pass manager: keys, cache look-up, running, contract checks, publishing, lockfile.
+
+The cache key of a stage is the sha256 of canonical JSON of the pass name and version, its
+resolved parameters (with every input file replaced by its content digest), the digests of its
+input artifacts and the versions of the tools that shape its output. Look-up happens before
+anything is imported, so a fully cached run never loads torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version as dist_version
+from pathlib import Path
+from typing import Any, Callable
+
+from convert.base import ARTIFACT_JSON, Artifact, PassResult, RunContext
+from convert.errors import BackendMissing, ConvertError, PassError
+from convert.spec import Spec, Stage, input_files
+from convert.store import Store, atomic_write, canonical_json, link_tree, sha256_json
+
+LOCK_SUFFIX = ".lock"
+KEY_SCHEMA = 1  # bump when the key material's layout changes
+
+
+class GateFailed(ConvertError):
+    """An accuracy gate failed; the run's artifacts are stored, the exit status is 1."""
+
+    exit_code = 1
+
+
+def tool_versions(tools: tuple[str, ...]) -> dict[str, str | None]:
+    out = {}
+    for t in tools:
+        try:
+            out[t] = dist_version(t)
+        except PackageNotFoundError:
+            out[t] = None
+    return out
+
+
+def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests: dict[str, list[str]],
+                 tools: dict[str, str | None]) -> dict[str, Any]:
+    """What a stage's cache key is the hash of (see the module docstring)."""
+    config = stage.config.model_dump(mode="json")
+    for fname, digests in file_digests.items():
+        config[fname] = digests if isinstance(getattr(stage.config, fname), (list, tuple)) else digests[0]
+    return {"schema": KEY_SCHEMA, "pass": stage.pass_name, "version": stage.pass_cls.version,
+            "config": config, "inputs": input_digests, "tools": tools}
+
+
+@dataclass
+class StageRecord:
+    """What happened to one stage in a run."""
+
+    name: str
+    pass_name: str
+    status: str  # "cached", "ran", "skipped", "pending" (plan only)
+    key: str | None = None
+    digest: str | None = None
+    seconds: float = 0.0
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    input_digests: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+    tools: dict[str, str | None] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def lock_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"pass": self.pass_name, "inputs": self.inputs}
+        if self.status == "skipped":
+            entry["skipped"] = self.reason
+            return entry
+        entry.update(key=self.key, files=self.files, tools=self.tools, input_digests=self.input_digests,
+                     output=self.digest)
+        return entry
+
+
+@dataclass
+class RunReport:
+    spec: str
+    stages: list[StageRecord]
+    version: str | None = None
+    published: Path | None = None
+    gate_failures: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"spec": self.spec, "version": self.version,
+                "published": str(self.published) if self.published else None,
+                "gate_failures": self.gate_failures,
+                "stages": [{"name": s.name, "pass": s.pass_name, "status": s.status, "key": s.key,
+                            "digest": s.digest, "seconds": round(s.seconds, 3), "summary": s.summary,
+                            **({"reason": s.reason} if s.reason else {})} for s in self.stages]}
+
+
+def lockfile_path(spec: Spec) -> Path:
+    return spec.path.with_suffix(LOCK_SUFFIX)
+
+
+class Manager:
+    """Plans and runs a spec against a store.
+
+    Args:
+        spec: The validated spec.
+        store: The artifact store.
+        artifacts_dir: Where versions are published (``<dir>/<spec name>/<version>/``).
+        log: Called with one human-readable line per event.
+        progress: Whether passes show progress bars.
+    """
+
+    def __init__(self, spec: Spec, store: Store, artifacts_dir: Path,
+                 log: Callable[[str], None] = lambda s: None, progress: bool = True):
+        self.spec = spec
+        self.store = store
+        self.artifacts_dir = artifacts_dir
+        self.log = log
+        self.progress = progress
+
+    # -- keys ---------------------------------------------------------------------------------
+    def _file_digests(self, stage: Stage) -> tuple[dict[str, list[str]], dict[str, list[dict[str, str]]]]:
+        digests: dict[str, list[str]] = {}
+        records: dict[str, list[dict[str, str]]] = {}
+        for fname, paths in input_files(stage.config).items():
+            ds = []
+            for p in paths:
+                if not p.exists():
+                    raise ConvertError(f"stage {stage.name!r}: stages.{stage.name}.with.{fname}: file {str(p)!r} "
+                                       "not found.")
+                ds.append(self.store.hasher.path(p))
+            digests[fname] = ds
+            records[fname] = [{"path": str(p), "sha256": d} for p, d in zip(paths, ds)]
+        return digests, records
+
+    def _key(self, stage: Stage, done: dict[str, StageRecord]) -> StageRecord:
+        input_digests = {role: [done[n].digest for n in names] for role, names in stage.inputs.items()}
+        file_digests, file_records = self._file_digests(stage)
+        tools = tool_versions(stage.pass_cls.tools)
+        key = sha256_json(key_material(stage, input_digests, file_digests, tools))
+        return StageRecord(stage.name, stage.pass_name, "pending", key=key, inputs=stage.inputs,
+                           input_digests=input_digests, files=file_records, tools=tools)
+
+    # -- plan ---------------------------------------------------------------------------------
+    def plan(self, force: set[str] = frozenset()) -> list[StageRecord]:
+        """Says which stages are cached and which would run, without running anything."""
+        done: dict[str, StageRecord] = {}
+        out = []
+        for stage in self.spec.stages:
+            if any(done[n].digest is None for names in stage.inputs.values() for n in names):
+                rec = StageRecord(stage.name, stage.pass_name, "pending", inputs=stage.inputs,
+                                  reason="an input will be rebuilt")
+            else:
+                rec = self._key(stage, done)
+                entry = None if stage.name in force else self.store.lookup(rec.key)
+                if entry:
+                    rec.status, rec.digest = "cached", entry["digest"]
+            done[stage.name] = rec
+            out.append(rec)
+        return out
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self, force: set[str] | None = None, until: str | None = None, frozen: bool = False) -> RunReport:
+        """Runs the spec: cached stages are reused, the others run in order.
+
+        Args:
+            force: Stage names to re-run even if cached (``{"*"}`` for all).
+            until: Stop after this stage (nothing is published).
+            frozen: Fail unless every key and output equals the lockfile's (CI mode).
+
+        Raises:
+            ConvertError: A stage failed; the message names it and the stages before it.
+            GateFailed: An accuracy gate failed (after publishing).
+        """
+        force = force or set()
+        for name in force - {"*"}:
+            self.spec.stage(name)  # raises for an unknown name
+        if until is not None:
+            self.spec.stage(until)
+        lock = self._read_lock() if frozen else None
+        done: dict[str, StageRecord] = {}
+        gate_failures: list[str] = []
+        n = len(self.spec.stages)
+        for i, stage in enumerate(self.spec.stages, 1):
+            rec = self._run_stage(stage, done, forced="*" in force or stage.name in force)
+            done[stage.name] = rec
+            if rec.status == "skipped":
+                self.log(f"[{i}/{n}] {stage.name} ({stage.pass_name}): skipped — {rec.reason}")
+            else:
+                figures = _short(rec.summary)
+                self.log(f"[{i}/{n}] {stage.name} ({stage.pass_name}): {rec.status} in {rec.seconds:.2f}s"
+                         f"{'  ' + figures if figures else ''}")
+            if lock is not None:
+                self._check_frozen(lock, rec)
+            gate_failures += [f"{stage.name}: {g}" for g in rec.summary.get("gate_failures", [])]
+            if stage.name == until:
+                break
+        report = RunReport(self.spec.name, list(done.values()), gate_failures=gate_failures)
+        if until is None:
+            self._publish(report, update_latest=not gate_failures)
+            if not frozen:
+                atomic_write(lockfile_path(self.spec), self._lock_text(report))
+        if gate_failures:
+            raise GateFailed("accuracy gate failed: " + "; ".join(gate_failures),
+                             hint=f"the figures are in {report.published}/manifest.json; loosen the gate "
+                             "in the spec only if the drop is acceptable.")
+        return report
+
+    def _run_stage(self, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
+        skipped_inputs = [n for names in stage.inputs.values() for n in names if done[n].status == "skipped"]
+        if skipped_inputs:
+            return StageRecord(stage.name, stage.pass_name, "skipped", inputs=stage.inputs,
+                               reason=f"its input stage {skipped_inputs[0]!r} was skipped")
+        t0 = time.perf_counter()
+        rec = self._key(stage, done)
+        entry = None if forced else self.store.lookup(rec.key)
+        if entry is None:
+            missing = [m for m in stage.pass_cls.requires if importlib.util.find_spec(m) is None]
+            if missing:
+                msg = (f"stage {stage.name!r} (pass {stage.pass_name}) needs the Python module "
+                       f"{missing[0]!r}, which is not installed")
+                if stage.optional:
+                    rec.status, rec.reason = "skipped", f"{missing[0]} is not installed (optional stage)"
+                    return rec
+                raise BackendMissing(msg + ".", hint=f"install it (see README: extras), or mark the stage "
+                                     f"`optional: true` in the spec to skip it where {missing[0]} is missing.")
+            with self.store.lock(rec.key):
+                entry = None if forced else self.store.lookup(rec.key)  # another run may have built it
+                if entry is None:
+                    rec.status = "ran"
+                    rec.digest, rec.summary = self._execute(stage, done, rec)
+        if entry is not None:
+            rec.status, rec.digest, rec.summary = "cached", entry["digest"], entry.get("summary", {})
+        rec.seconds = time.perf_counter() - t0
+        return rec
+
+    def _execute(self, stage: Stage, done: dict[str, StageRecord], rec: StageRecord) -> tuple[str, dict]:
+        inputs: dict[str, Any] = {}
+        for role, names in stage.inputs.items():
+            arts = [self.store.artifact(done[n].digest) for n in names]
+            inputs[role] = arts if stage.pass_cls.inputs[role].many else arts[0]
+        before = [s.name for s in self.spec.stages[: self.spec.stages.index(stage)]]
+        where = (f"stage {stage.name!r} (pass {stage.pass_name}) failed"
+                 f"{' after ' + ', '.join(before) if before else ''}")
+        with self.store.staging() as tmp:
+            out = tmp / "out"
+            out.mkdir()
+            try:
+                result = stage.pass_cls(stage.config).run(inputs, out, RunContext(stage.name, self.progress))
+                self._check_contract(stage, result, out)
+            except ConvertError as e:
+                raise type(e)(f"{where}: {e.message}", hint=e.hint) from None
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                log = self._save_traceback(stage)
+                raise PassError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                                hint=f"this looks like a bug or an unsupported model; the traceback is in {log}.") \
+                    from None
+            summary = dict(result.summary)
+            if result.gate_failures:
+                summary["gate_failures"] = list(result.gate_failures)
+            (out / ARTIFACT_JSON).write_text(json.dumps(
+                {"kind": result.kind, "main": result.main, "meta": result.meta}, indent=1, sort_keys=True))
+            digest = self.store.commit(rec.key, out, {"stage": stage.name, "pass": stage.pass_name,
+                                                      "summary": summary})
+        return digest, summary
+
+    def _check_contract(self, stage: Stage, result: Any, out: Path) -> None:
+        cls = stage.pass_cls
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass {cls.name} returned {type(result).__name__}, not a PassResult.")
+        if result.kind != cls.output:
+            raise PassError(f"pass {cls.name} declares output {cls.output!r} but returned {result.kind!r}.")
+        if not (out / result.main).exists():
+            raise PassError(f"pass {cls.name} says its main file is {result.main!r} but did not write it.")
+        try:
+            canonical_json([result.meta, result.summary])
+        except (TypeError, ValueError) as e:
+            raise PassError(f"pass {cls.name} returned metadata that is not plain JSON: {e}.") from None
+
+    def _save_traceback(self, stage: Stage) -> Path:
+        logdir = self.store.root / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        path = logdir / f"{time.strftime('%Y%m%d-%H%M%S')}-{stage.name}.log"
+        path.write_text(traceback.format_exc())
+        return path
+
+    # -- lockfile and publishing --------------------------------------------------------------
+    def _lock_text(self, report: RunReport) -> str:
+        return json.dumps({"spec": self.spec.name, "stages": {s.name: s.lock_entry() for s in report.stages}},
+                          indent=1, sort_keys=True) + "\n"
+
+    def _read_lock(self) -> dict[str, Any]:
+        path = lockfile_path(self.spec)
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConvertError(f"--frozen: lockfile {path} not found.",
+                               hint="run once without --frozen and commit the lockfile.") from None
+        except json.JSONDecodeError as e:
+            raise ConvertError(f"--frozen: lockfile {path} is not valid JSON ({e}).") from None
+
+    def _check_frozen(self, lock: dict[str, Any], rec: StageRecord) -> None:
+        path = lockfile_path(self.spec)
+        want = lock.get("stages", {}).get(rec.name)
+        if want is None:
+            raise ConvertError(f"--frozen: stage {rec.name!r} is not in {path}.",
+                               hint="the spec changed; re-run without --frozen and commit the lockfile.")
+        got = rec.lock_entry()
+        for field_ in ("key", "output", "skipped"):
+            if want.get(field_) != got.get(field_):
+                what = {"key": "its inputs or parameters changed",
+                        "output": "the rebuilt output differs (not reproducible)",
+                        "skipped": "it was skipped in one run and not the other"}[field_]
+                raise ConvertError(f"--frozen: stage {rec.name!r} does not match {path}: {what} "
+                                   f"({field_} {want.get(field_)} != {got.get(field_)}).",
+                                   hint="re-run without --frozen and commit the lockfile if the change is intended.")
+
+    def _publish(self, report: RunReport, update_latest: bool) -> None:
+        built = [s for s in report.stages if s.status != "skipped"]
+        report.version = sha256_json([[s.name, s.digest] for s in built])[:12]
+        base = self.artifacts_dir / self.spec.name
+        dest = base / report.version
+        report.published = dest
+        if not dest.exists():
+            base.mkdir(parents=True, exist_ok=True)
+            import tempfile
+
+            tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+            try:
+                for s in built:
+                    link_tree(self.store.object_path(s.digest), tmp / s.name)
+                manifest = {
+                    "spec": self.spec.name, "version": report.version, "spec_file": str(self.spec.path),
+                    "resolved_spec": self.spec.resolved,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                             "python": sys.version.split()[0], "cpus": os.cpu_count()},
+                    "stages": {s.name: {**s.lock_entry(), "status": s.status, "seconds": round(s.seconds, 3),
+                                        "summary": s.summary} for s in report.stages},
+                    "files": {s.name: _file_list(tmp / s.name) for s in built},
+                }
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+                os.rename(tmp, dest)
+            except BaseException:
+                from convert.store import _rmtree
+
+                _rmtree(tmp)
+                raise
+        if update_latest:
+            link = base / "latest"
+            tmp_link = base / f".latest-{os.getpid()}"
+            tmp_link.unlink(missing_ok=True)
+            tmp_link.symlink_to(report.version)
+            os.replace(tmp_link, link)
+
+
+def _file_list(root: Path) -> dict[str, str]:
+    from convert.store import tree_digest
+
+    return {p.relative_to(root).as_posix(): tree_digest(p) if p.is_dir() else _sha(p)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _sha(p: Path) -> str:
+    from convert.store import _hash_file
+
+    return _hash_file(p)
+
+
+def _short(summary: dict[str, Any]) -> str:
+    parts = []
+    for k, v in summary.items():
+        if isinstance(v, float):
+            parts.append(f"{k}={v:.4g}")
+        elif isinstance(v, (int, str)) and len(str(v)) < 40:
+            parts.append(f"{k}={v}")
+    return " ".join(parts[:6])
+
+
+def verify_version(path: Path) -> list[str]:
+    """Re-hashes a published version against its manifest.
+
+    Returns:
+        Problems found (empty when the version is intact).
+    """
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise ConvertError(f"{path} is not a published version (no manifest.json).",
+                           hint="use `convert versions` to list published versions.")
+    manifest = json.loads(manifest_path.read_text())
+    problems = []
+    for stage, files in manifest["files"].items():
+        for rel, digest in files.items():
+            f = path / stage / rel
+            if not f.is_file():
+                problems.append(f"{stage}/{rel}: missing")
+            elif _sha(f) != digest:
+                problems.append(f"{stage}/{rel}: content changed")
+        for f in (path / stage).rglob("*") if (path / stage).is_dir() else []:
+            if f.is_file() and f.relative_to(path / stage).as_posix() not in files:
+                problems.append(f"{stage}/{f.relative_to(path / stage).as_posix()}: not in the manifest")
+    return problems
+
+
+def open_artifact(path: Path) -> Artifact:
+    """Opens a published stage directory (or a store object) as an artifact."""
+    from convert.store import tree_digest
+
+    return Artifact.open(path, tree_digest(path))

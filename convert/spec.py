@@ -1,0 +1,346 @@
+"""The spec: a YAML file of ordered stages, each running one pass.
+
+A spec looks like::
+
+    _base_: [base.yaml]              # optional, relative files deep-merged in order
+    name: yolov5n_onnx                # optional; defaults to the file's stem
+    model: {weights: null}            # free variables, referenced by interpolation
+    stages:                           # ordered mapping: stage name -> stage
+      load:   {pass: load, with: {source: yolov5, weights: "${model.weights}"}}
+      export: {pass: export_onnx, with: {opset: 17}}
+      report: {pass: evaluate, inputs: {model: export, reference: load}, optional: true}
+
+``pass`` defaults to the stage name; ``inputs`` maps the pass's input roles to earlier stages
+(the first role defaults to the previous stage). Interpolation is OmegaConf's, including
+``${oc.env:VAR,default}``; ``${spec_dir:}`` is the directory of the spec file. Command-line
+overrides are dot paths: ``model.weights=PATH`` or ``stages.export.with.opset=13``.
+
+Everything is checked here, before any pass runs; an error names the file and key path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convert.base import Input, InputFile, Pass, PassConfig
+from convert.errors import SpecError
+
+STAGE_KEYS = {
+    "pass": "name of the pass to run (default: the stage name)",
+    "with": "the pass's parameters (see `convert passes show NAME`)",
+    "inputs": "input role -> earlier stage name (or list of names); the first role defaults to the previous stage",
+    "optional": "skip the stage, with a notice, when its backend is not installed",
+    "description": "free text",
+}
+TOP_KEYS_RESERVED = {"name", "description", "stages", "store", "artifacts", "_base_"}
+
+
+@dataclass
+class Stage:
+    """One validated stage of a spec."""
+
+    name: str
+    pass_cls: type[Pass]
+    config: PassConfig
+    inputs: dict[str, list[str]]
+    optional: bool = False
+
+    @property
+    def pass_name(self) -> str:
+        return self.pass_cls.name
+
+
+@dataclass
+class Spec:
+    """A loaded, resolved and validated spec."""
+
+    name: str
+    path: Path
+    stages: list[Stage]
+    resolved: dict[str, Any]
+    store: Path | None = None
+    artifacts: Path | None = None
+    layers: list[tuple[str, Any]] = field(default_factory=list, repr=False)
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise SpecError(f"{self.path}: no stage named {name!r} (stages: {', '.join(s.name for s in self.stages)}).")
+
+
+def _read_yaml(path: Path):
+    """Reads one YAML file into a DictConfig, with a one-line error on any problem."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise SpecError(f"spec file {path} not found.", hint="check the path (relative to the current directory).")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError(f"{where}: malformed YAML: {e.problem or e.context}.") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: malformed YAML: {e}.") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: the top level must be a mapping, found {type(data).__name__}.")
+    try:
+        return OmegaConf.create(data)
+    except Exception as e:  # omegaconf rejects e.g. non-string keys
+        raise SpecError(f"{path}: cannot be used as a spec: {e}.") from None
+
+
+def _load_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[str, Any]]:
+    """Returns (source, config) layers: bases first (depth-first, in order), then the file."""
+    path = path.resolve()
+    if path in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path))
+        raise SpecError(f"cyclic _base_: {chain}.", hint="remove one of the _base_ entries.")
+    cfg = _read_yaml(path)
+    layers: list[tuple[str, Any]] = []
+    bases = cfg.pop("_base_", None) if "_base_" in cfg else None
+    if bases is not None:
+        if isinstance(bases, str):
+            bases = [bases]
+        if not all(isinstance(b, str) for b in bases):
+            raise SpecError(f"{path}: _base_: expected a list of file paths, found {bases!r}.")
+        for b in bases:
+            base_path = path.parent / b
+            if not base_path.is_file():
+                raise SpecError(f"{path}: _base_: file {b!r} not found (looked at {base_path}).")
+            layers.extend(_load_layers(base_path, (*stack, path)))
+    layers.append((str(path), cfg))
+    return layers
+
+
+def _origin(layers: list[tuple[str, Any]], keypath: str) -> str:
+    """Names the layer (file or command line) that last set ``keypath``, or its nearest parent."""
+    from omegaconf import OmegaConf
+
+    parts = keypath.split(".")
+    for n in range(len(parts), 0, -1):
+        sub = ".".join(parts[:n])
+        for source, cfg in reversed(layers):
+            try:
+                if OmegaConf.select(cfg, sub, default=_MISSING, throw_on_missing=False) is not _MISSING:
+                    return source
+            except Exception:
+                continue
+    return layers[-1][0]
+
+
+_MISSING = object()
+
+
+def _display(path: str) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return path
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Loads, merges, resolves and validates a spec.
+
+    Args:
+        path: The spec file.
+        overrides: ``key.path=value`` strings from the command line.
+
+    Raises:
+        SpecError: Anything wrong, with the file and key path named.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    path = Path(path)
+    layers = _load_layers(path)
+    if overrides:
+        bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
+        if bad:
+            raise SpecError(f"command line: override {bad[0]!r} is not of the form key.path=value.",
+                            hint="e.g. model.weights=weights/yolov5n.pt or stages.export.with.opset=13")
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except OmegaConfBaseException as e:
+            raise SpecError(f"command line: bad override: {e}".splitlines()[0]) from None
+    layers = [(_display(s) if s != "command line" else s, c) for s, c in layers]
+    try:
+        merged = OmegaConf.merge(*[c for _, c in layers])
+    except OmegaConfBaseException as e:
+        raise SpecError(f"{layers[-1][0]}: cannot merge: {str(e).splitlines()[0]}") from None
+
+    spec_dir = str(path.resolve().parent)
+    try:
+        if not OmegaConf.has_resolver("spec_dir"):
+            register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver
+            register("spec_dir", lambda: _SPEC_DIR[-1])
+        _SPEC_DIR.append(spec_dir)
+        resolved = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(e).splitlines()[0]
+        where = _origin(layers, key) if key else layers[-1][0]
+        raise SpecError(f"{where}: {key + ': ' if key else ''}cannot resolve interpolation: {msg}",
+                        hint="for environment variables use ${oc.env:NAME,default}.") from None
+    finally:
+        if _SPEC_DIR and _SPEC_DIR[-1] == spec_dir:
+            _SPEC_DIR.pop()
+
+    return _validate(resolved, layers, path)
+
+
+_SPEC_DIR: list[str] = []
+
+
+def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
+    from convert.registry import get_pass
+
+    def fail(keypath: str, message: str, hint: str | None = None):
+        raise SpecError(f"{_origin(layers, keypath)}: {keypath}: {message}", hint=hint)
+
+    name = resolved.get("name", path.stem)
+    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        fail("name", f"expected a plain name (no '/'), found {name!r}.")
+    stages_raw = resolved.get("stages")
+    if not isinstance(stages_raw, dict) or not stages_raw:
+        fail("stages", f"expected a non-empty mapping of stage name -> stage, found {stages_raw!r}.",
+             hint="see pipelines/ for examples.")
+
+    stages: list[Stage] = []
+    outputs: dict[str, str] = {}  # stage name -> artifact kind it produces
+    for sname, raw in stages_raw.items():
+        kp = f"stages.{sname}"
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            fail(kp, f"expected a mapping with keys {sorted(STAGE_KEYS)}, found {raw!r}.")
+        for k in raw:
+            if k not in STAGE_KEYS:
+                close = difflib.get_close_matches(str(k), STAGE_KEYS, n=1)
+                fail(f"{kp}.{k}", f"unknown stage key (allowed: {', '.join(STAGE_KEYS)}).",
+                     hint=f"did you mean {close[0]!r}?" if close else "pass parameters go under 'with:'.")
+        pass_name = raw.get("pass", sname)
+        if not isinstance(pass_name, str):
+            fail(f"{kp}.pass", f"expected a pass name, found {pass_name!r}.")
+        try:
+            pass_cls = get_pass(pass_name)
+        except SpecError as e:
+            raise SpecError(f"{_origin(layers, kp + '.pass')}: {kp}.pass: {e.message}", hint=e.hint) from None
+        config = _validate_config(pass_cls, raw.get("with") or {}, f"{kp}.with", fail)
+        optional = raw.get("optional", False)
+        if not isinstance(optional, bool):
+            fail(f"{kp}.optional", f"expected true or false, found {optional!r}.")
+        inputs = _bind_inputs(pass_cls, raw.get("inputs"), kp, stages, outputs, fail)
+        _check_files(config, f"{kp}.with", fail)
+        stages.append(Stage(sname, pass_cls, config, inputs, optional))
+        outputs[sname] = pass_cls.output
+
+    def _opt_path(key):
+        v = resolved.get(key)
+        if v is not None and not isinstance(v, str):
+            fail(key, f"expected a directory path, found {v!r}.")
+        return Path(v) if v else None
+
+    return Spec(name=name, path=path, stages=stages, resolved=resolved, store=_opt_path("store"),
+                artifacts=_opt_path("artifacts"), layers=layers)
+
+
+def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassConfig:
+    from pydantic import ValidationError
+
+    if not isinstance(params, dict):
+        fail(kp, f"expected a mapping of parameters, found {params!r}.")
+    try:
+        return pass_cls.Config.model_validate(params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        if err["type"] == "extra_forbidden":
+            fields = list(pass_cls.Config.model_fields)
+            close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)
+            fail(f"{kp}.{loc}", f"unknown parameter of pass {pass_cls.name!r}{more}.",
+                 hint=(f"did you mean {close[0]!r}? " if close else "")
+                 + f"`convert passes show {pass_cls.name}` lists: {', '.join(fields)}.")
+        found = err.get("input")
+        found_s = "nothing" if err["type"] == "missing" else repr(found)
+        fail(f"{kp}.{loc}" if loc else kp, f"{err['msg']}; found {found_s}{more}.",
+             hint=f"`convert passes show {pass_cls.name}` describes every parameter.")
+
+
+def _bind_inputs(pass_cls, raw, kp, stages, outputs, fail) -> dict[str, list[str]]:
+    roles: dict[str, Input] = pass_cls.inputs
+    bound: dict[str, list[str]] = {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        fail(f"{kp}.inputs", f"expected a mapping of input role -> stage name, found {raw!r}.")
+    for role, src in raw.items():
+        if role not in roles:
+            fail(f"{kp}.inputs.{role}", f"pass {pass_cls.name!r} has no input {role!r} "
+                 f"(inputs: {', '.join(roles) or 'none'}).")
+        names = src if isinstance(src, list) else [src]
+        if not roles[role].many and len(names) != 1:
+            fail(f"{kp}.inputs.{role}", f"takes one stage name, found {src!r}.")
+        for n in names:
+            if n not in outputs:
+                fail(f"{kp}.inputs.{role}", f"{n!r} is not an earlier stage "
+                     f"(earlier: {', '.join(outputs) or 'none'}).", hint="a stage can only use stages above it.")
+            if outputs[n] not in roles[role].kinds:
+                fail(f"{kp}.inputs.{role}", f"stage {n!r} produces a {outputs[n]!r} artifact, "
+                     f"but {pass_cls.name}'s {role!r} takes {' or '.join(repr(k) for k in roles[role].kinds)}.")
+        bound[role] = list(names)
+    if roles:
+        first = next(iter(roles))
+        if first not in bound and stages:
+            prev = stages[-1].name
+            if outputs[prev] in roles[first].kinds:
+                bound[first] = [prev]
+            elif roles[first].required:
+                fail(f"{kp}.inputs", f"the previous stage {prev!r} produces {outputs[prev]!r}, but "
+                     f"{pass_cls.name}'s {first!r} input takes {' or '.join(repr(k) for k in roles[first].kinds)}.",
+                     hint=f"name the stage to use: inputs: {{{first}: STAGE}}.")
+    for role, spec in roles.items():
+        if spec.required and role not in bound:
+            fail(f"{kp}.inputs.{role}", f"pass {pass_cls.name!r} needs input {role!r} and no earlier stage gives it.")
+    return bound
+
+
+def input_files(config: PassConfig) -> dict[str, list[Path]]:
+    """Returns the config's file fields (see :class:`~convert.base.InputFile`) that are set."""
+    found: dict[str, list[Path]] = {}
+    for fname, finfo in type(config).model_fields.items():
+        if not _has_input_file(finfo.annotation, finfo.metadata):
+            continue
+        value = getattr(config, fname)
+        if value is None:
+            continue
+        found[fname] = [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
+    return found
+
+
+def _has_input_file(annotation, metadata=()) -> bool:
+    if any(isinstance(m, InputFile) for m in metadata):
+        return True
+    if typing.get_origin(annotation) is typing.Annotated:
+        if any(isinstance(m, InputFile) for m in annotation.__metadata__):
+            return True
+    return any(_has_input_file(a) for a in typing.get_args(annotation))
+
+
+def _check_files(config: PassConfig, kp: str, fail) -> None:
+    for fname, paths in input_files(config).items():
+        for p in paths:
+            if not p.exists():
+                fail(f"{kp}.{fname}", f"file {str(p)!r} not found.",
+                     hint="paths are relative to the current directory; override on the command line with "
+                     f"{kp}.{fname}=PATH or the spec variable it is interpolated from.")

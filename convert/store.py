@@ -1,0 +1,235 @@
+"""The content-addressed artifact store.
+
+Layout under the store root::
+
+    objects/<sha256>/      a pass output directory, named by the digest of its content (read-only)
+    cache/<key>.json       cache entry: pass key -> output digest (written last, atomically)
+    tmp/                   directories of passes being run; leftovers of killed runs (gc removes them)
+    locks/<key>.lock       one lock per key, so two runs on one store never build the same thing twice
+    filehash.sqlite        memo of file digests by (path, size, mtime, inode), as DVC does
+
+A pass writes into a fresh ``tmp/`` directory; only when it has finished is the directory
+renamed into ``objects/`` and the cache entry written, so a failed or killed pass leaves no entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from convert.base import Artifact
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: equal data gives equal bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FileHasher:
+    """sha256 of files and directories, memoised by path, size, mtime and inode."""
+
+    def __init__(self, db_path: Path | None):
+        self._db = None
+        if db_path is not None:
+            db_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, "
+                             "mtime_ns INT, inode INT, digest TEXT)")
+
+    def file(self, path: Path) -> str:
+        """Digest of one file's bytes."""
+        path = Path(os.path.abspath(path))
+        st = path.stat()
+        if self._db is None:
+            return _hash_file(path)
+        row = self._db.execute("SELECT size, mtime_ns, inode, digest FROM files WHERE path=?", (str(path),)).fetchone()
+        if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return row[3]
+        digest = _hash_file(path)
+        self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
+                         (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest))
+        return digest
+
+    def path(self, path: Path) -> str:
+        """Digest of a file, or of a directory tree (relative names and file digests)."""
+        path = Path(path)
+        if path.is_file():
+            return self.file(path)
+        lines = []
+        in_tx = self._db is not None
+        if in_tx:
+            self._db.execute("BEGIN")
+        try:
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                lines.append(f"{f.relative_to(path).as_posix()}\0{self.file(f)}\n")
+        finally:
+            if in_tx:
+                self._db.execute("COMMIT")
+        return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def tree_digest(path: Path) -> str:
+    """Digest of a directory's content (no memo: used on fresh outputs)."""
+    return FileHasher(None).path(path)
+
+
+class Store:
+    """A content-addressed store of pass outputs.
+
+    Args:
+        root: The store directory (created on first write).
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self._hasher: FileHasher | None = None
+
+    @property
+    def hasher(self) -> FileHasher:
+        if self._hasher is None:
+            self._hasher = FileHasher(self.root / "filehash.sqlite")
+        return self._hasher
+
+    def object_path(self, digest: str) -> Path:
+        return self.root / "objects" / digest
+
+    def lookup(self, key: str) -> dict[str, Any] | None:
+        """Returns the cache entry for ``key`` if its object is present, else None."""
+        entry_path = self.root / "cache" / f"{key}.json"
+        try:
+            entry = json.loads(entry_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if not (self.object_path(entry["digest"]) / "artifact.json").is_file():
+            return None
+        return entry
+
+    def artifact(self, digest: str) -> Artifact:
+        return Artifact.open(self.object_path(digest), digest)
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Holds the lock of ``key`` so concurrent runs build it once."""
+        from filelock import FileLock
+
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root / "locks" / f"{key}.lock")):
+            yield
+
+    @contextmanager
+    def staging(self) -> Iterator[Path]:
+        """A fresh temporary directory for a pass's output, removed on error."""
+        base = self.root / "tmp"
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f"{os.getpid()}-"))
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                _rmtree(tmp)
+
+    def commit(self, key: str, tmp: Path, record: dict[str, Any]) -> str:
+        """Moves a finished output directory into the store and writes its cache entry.
+
+        Returns:
+            The output's content digest.
+        """
+        digest = tree_digest(tmp)
+        dest = self.object_path(digest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            for p in tmp.rglob("*"):
+                if p.is_file():
+                    p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                if not dest.exists():
+                    raise
+        atomic_write(self.root / "cache" / f"{key}.json",
+                     json.dumps({**record, "key": key, "digest": digest, "created": time.time()}, indent=1))
+        return digest
+
+    def gc(self, keep_digests: set[str]) -> dict[str, int]:
+        """Removes leftovers of killed runs and objects not in ``keep_digests``.
+
+        Returns:
+            Counts of removed temporary dirs, cache entries and objects.
+        """
+        counts = {"tmp": 0, "entries": 0, "objects": 0}
+        if (self.root / "tmp").is_dir():
+            for p in (self.root / "tmp").iterdir():
+                _rmtree(p)
+                counts["tmp"] += 1
+        for entry in (self.root / "cache").glob("*.json") if (self.root / "cache").is_dir() else []:
+            try:
+                digest = json.loads(entry.read_text())["digest"]
+            except (json.JSONDecodeError, KeyError):
+                digest = None
+            if digest not in keep_digests:
+                entry.unlink()
+                counts["entries"] += 1
+        for obj in (self.root / "objects").iterdir() if (self.root / "objects").is_dir() else []:
+            if obj.name not in keep_digests:
+                _rmtree(obj)
+                counts["objects"] += 1
+        return counts
+
+
+def _rmtree(path: Path) -> None:
+    def retry(func, p, _exc):  # read-only parent dirs (published objects): make writable, retry
+        os.chmod(os.path.dirname(p), stat.S_IRWXU)
+        func(p)
+
+    shutil.rmtree(path, onerror=retry)
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Copies a directory tree, hard-linking files where the filesystem allows it."""
+    for f in src.rglob("*"):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, target)
+        except OSError:
+            shutil.copy2(f, target)
