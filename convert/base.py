@@ -146,6 +146,11 @@ class Pass:
     def __init__(self, config: PassConfig):
         self.config = config
 
+    @classmethod
+    def output_kind(cls, config: PassConfig) -> str:
+        """The kind this pass produces with ``config`` (``output`` unless the config decides it)."""
+        return cls.output
+
     def run(self, inputs: dict[str, Any], out: Path, ctx: RunContext) -> PassResult:
         """Runs the pass.
 

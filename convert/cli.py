@@ -238,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *a, **k: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -275,8 +275,9 @@ class Manager:
         cls = stage.pass_cls
         if not isinstance(result, PassResult):
             raise PassError(f"pass {cls.name} returned {type(result).__name__}, not a PassResult.")
-        if result.kind != cls.output:
-            raise PassError(f"pass {cls.name} declares output {cls.output!r} but returned {result.kind!r}.")
+        if result.kind != cls.output_kind(stage.config):
+            raise PassError(f"pass {cls.name} declares output {cls.output_kind(stage.config)!r} "
+                            f"but returned {result.kind!r}.")
         if not (out / result.main).exists():
             raise PassError(f"pass {cls.name} says its main file is {result.main!r} but did not write it.")
         try:

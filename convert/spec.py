@@ -143,9 +143,10 @@ _MISSING = object()
 
 def _display(path: str) -> str:
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return path
+    return path if rel.startswith("..") else rel
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
@@ -242,7 +243,7 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
         inputs = _bind_inputs(pass_cls, raw.get("inputs"), kp, stages, outputs, fail)
         _check_files(config, f"{kp}.with", fail)
         stages.append(Stage(sname, pass_cls, config, inputs, optional))
-        outputs[sname] = pass_cls.output
+        outputs[sname] = pass_cls.output_kind(config)
 
     def _opt_path(key):
         v = resolved.get(key)

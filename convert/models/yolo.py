@@ -155,16 +155,16 @@ class Detect(nn.Module):
     Attributes:
         anchors: Buffer ``[nl, na, 2]`` in grid units (pixels / stride), as in YOLOv5 v6.1.
         stride: Non-persistent buffer ``[nl]`` (pixels per cell), set by :class:`YoloModel`.
+        nk: Keypoints per object (0: no keypoints).
+        no: Outputs per anchor, ``5 + nc + 3 * nk``.
     """
 
-    nk = 0
-
-    def __init__(self, nc: int = 80, anchors: list = (), ch: list[int] = ()):
+    def __init__(self, nc: int = 80, anchors: list = (), ch: list[int] = (), nk: int = 0):
         super().__init__()
-        self.nc = nc
+        self.nc, self.nk = nc, nk
         self.nl = len(anchors)
         self.na = len(anchors[0]) // 2
-        self.no = nc + 5 + 3 * self.nk
+        self.no = nc + 5 + 3 * nk
         self.register_buffer("anchors", torch.tensor(anchors).float().view(self.nl, -1, 2))
         self.register_buffer("stride", torch.ones(self.nl), persistent=False)
         self.m = nn.ModuleList(nn.Conv2d(x, self.na * (nc + 5), 1) for x in ch)
@@ -182,8 +182,7 @@ class IKeypoint(Detect):
     """
 
     def __init__(self, nc: int = 80, anchors: list = (), nkpt: int = 17, ch: list[int] = ()):
-        self.nk = nkpt
-        super().__init__(nc, anchors, ch)
+        super().__init__(nc, anchors, ch, nk=nkpt)
         self.m_kpt = nn.ModuleList(nn.Conv2d(x, self.na * 3 * nkpt, 1) for x in ch)
 
     def forward(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -285,12 +284,34 @@ def _resolve_arg(a: Any, arch: dict, nc: int) -> Any:
     return {"None": None, "True": True, "False": False}.get(a, a)
 
 
+def _make_layer(m: type[nn.Module], args: list, n: int, froms: list[int], chs: list[int],
+                gw: float) -> tuple[nn.Module, int | None]:
+    """One layer (``n`` copies in a Sequential unless the module repeats itself) and its out channels."""
+    kwargs = {}
+    if m in (Conv, Bottleneck, SPP, SPPF, Focus, C3):
+        c2 = make_divisible(args[0] * gw, 8)
+        args = [chs[froms[0]], c2, *args[1:]]
+        if m is C3:
+            args.insert(2, n)
+            n = 1
+    elif m is Concat:
+        c2 = sum(chs[j] for j in froms)
+    elif m in _HEADS:
+        if isinstance(args[1], int):  # anchor count only: placeholder anchors, as YOLOv5 does
+            args[1] = [list(range(args[1] * 2))] * len(froms)
+        kwargs["ch"] = [chs[j] for j in froms]
+        c2 = None
+    else:
+        c2 = chs[froms[0]]
+    module = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
+    return module, c2
+
+
 def _parse_model(arch: dict, nc: int, ch: int) -> tuple[nn.Sequential, list[int]]:
     """Builds the layers from the YAML rows, as YOLOv5's ``parse_model`` does."""
     for key in ("anchors", "backbone", "head"):
         if key not in arch:
             raise ConvertError(f"architecture has no {key!r}", hint="see convert/models/archs/yolov5n.yaml.")
-    anchors = arch["anchors"]
     gd, gw = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
     if not isinstance(arch["backbone"], list) or not isinstance(arch["head"], list):
         raise ConvertError("architecture: backbone and head must be lists of [from, number, module, args] rows")
@@ -302,7 +323,7 @@ def _parse_model(arch: dict, nc: int, ch: int) -> tuple[nn.Sequential, list[int]
             raise ConvertError(f"architecture row {i}: {row!r} is not [from, number, module, args]")
         f, n, name, args = row
         where = f"architecture row {i} ({name})"
-        if name not in MODULES:
+        if not isinstance(name, str) or name not in MODULES:
             raise ConvertError(f"{where}: unknown module {name!r}", hint=f"known modules: {', '.join(MODULES)}.")
         m = MODULES[name]
         froms = [f] if isinstance(f, int) else f
@@ -314,29 +335,12 @@ def _parse_model(arch: dict, nc: int, ch: int) -> tuple[nn.Sequential, list[int]
             raise ConvertError(f"{where}: 'number' {n!r} must be a positive integer")
         if (m in _HEADS) != (i == len(rows) - 1):
             raise ConvertError(f"{where}: the last row, and only it, must be Detect or IKeypoint")
-        args = [_resolve_arg(a, arch, nc) for a in (args or [])]
         n = max(round(n * gd), 1) if n > 1 else n
-        kwargs = {}
-        c_in = chs[f] if isinstance(f, int) else None
-        if m in (Conv, Bottleneck, SPP, SPPF, Focus, C3):
-            c2 = make_divisible(args[0] * gw, 8)
-            args = [c_in, c2, *args[1:]]
-            if m is C3:
-                args.insert(2, n)
-                n = 1
-        elif m is Concat:
-            c2 = sum(chs[j] for j in froms)
-        elif m in _HEADS:
-            if isinstance(args[1], int):  # anchor count only: placeholder anchors, as YOLOv5 does
-                args[1] = [list(range(args[1] * 2))] * len(froms)
-            kwargs["ch"] = [chs[j] for j in froms]
-            c2 = None
-        else:
-            c2 = c_in
         try:
-            module = nn.Sequential(*(m(*args, **kwargs) for _ in range(n))) if n > 1 else m(*args, **kwargs)
+            module, c2 = _make_layer(m, [_resolve_arg(a, arch, nc) for a in (args or [])], n, froms, chs, gw)
         except (TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise ConvertError(f"{where}: bad args {row[3]!r}: {e}") from None
+            raise ConvertError(f"{where}: bad args {args!r} ({type(e).__name__}: {e})",
+                               hint="compare with the row in convert/models/archs/yolov5s.yaml.") from None
         module.i, module.f = i, f
         save.extend(j % i for j in froms if j != -1)
         layers.append(module)
@@ -399,7 +403,11 @@ class YoloModel(nn.Module):
         """Strides from a 256x256 forward, anchors to grid units, anchor order as YOLOv5."""
         head, s = self.head, 256
         with torch.no_grad():
-            maps = self._forward_maps(torch.zeros(1, int(self.arch.get("ch", 3)), s, s))
+            try:
+                maps = self._forward_maps(torch.zeros(1, int(self.arch.get("ch", 3)), s, s))
+            except RuntimeError as e:  # channel counts that do not chain
+                raise ConvertError(f"architecture does not run on a {s}x{s} image: {str(e).splitlines()[0]}",
+                                   hint="check each row's from indices and channel counts.") from None
             head.stride.copy_(torch.tensor([s / p.shape[-2] for p in maps]))
             head.anchors /= head.stride.view(-1, 1, 1)
             area = head.anchors.prod(-1).view(-1)

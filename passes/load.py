@@ -1,0 +1,168 @@
+"""``load``: the first artifact of a pipeline, from a YOLOv5 checkpoint, a Python factory or an ONNX file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from convert.base import InputPath, Pass, PassConfig, PassResult
+from convert.errors import ConvertError, PassError
+from convert.preprocess import DEFAULT_PREPROCESS
+
+
+class PreprocessConfig(PassConfig):
+    """How images become network inputs; recorded in the artifact for every later consumer."""
+
+    resize: Literal["letterbox", "stretch"] = Field(
+        "letterbox", description="letterbox keeps the aspect ratio and pads; stretch resizes to the input size")
+    pad_value: int = Field(114, ge=0, le=255, description="letterbox fill value")
+    channel_order: Literal["RGB", "BGR"] = Field("RGB", description="channel order the network expects")
+    scale: float = Field(1 / 255, gt=0, description="multiplier applied to 0-255 pixel values")
+    mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="subtracted after scaling")
+    std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="divided by after subtracting the mean")
+
+
+class LoadConfig(PassConfig):
+    source: Literal["yolov5", "python", "onnx"] = Field(
+        "yolov5", description="yolov5: YOLOv5-family model built by this project (from `arch` or the checkpoint); "
+        "python: an nn.Module from `factory`; onnx: an existing ONNX file given as `weights`")
+    arch: str | None = Field(
+        None, description="yolov5: built-in architecture name (yolov5n, yolov5s, yolov5s-pose); "
+        "default: the checkpoint's own architecture")
+    arch_file: InputPath | None = Field(None, description="yolov5: a YOLOv5 model-YAML file instead of `arch`")
+    weights: InputPath | None = Field(
+        None, description="yolov5: official checkpoint (.pt) or a state dict for `arch`; python: a state dict; "
+        "onnx: the .onnx file. Checkpoints are read without executing pickled code")
+    nc: int | None = Field(None, ge=1, description="number of classes (default: the checkpoint's or the arch's)")
+    names: list[str] | None = Field(None, description="class names (default: the checkpoint's, else class0...)")
+    seed: int = Field(0, description="seed of the initial weights when no weights are given")
+    factory: str | None = Field(None, description="python: 'package.module:function' returning an nn.Module")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="python: keyword arguments of the factory")
+    input_size: tuple[int, int] = Field((640, 640), description="network input [height, width]")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig, description="image preprocessing")
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        if self.input_size[0] < 32 or self.input_size[1] < 32 or self.input_size[0] % 32 or self.input_size[1] % 32:
+            raise ValueError(f"input_size must be multiples of 32 (the largest stride), got {list(self.input_size)}")
+        if self.source == "yolov5":
+            if self.arch and self.arch_file:
+                raise ValueError("give arch or arch_file, not both")
+            if not (self.arch or self.arch_file or self.weights):
+                raise ValueError("source yolov5 needs arch (e.g. yolov5s), arch_file or a checkpoint in weights")
+        elif self.source == "python" and not self.factory:
+            raise ValueError("source python needs factory: 'package.module:function'")
+        elif self.source == "onnx" and not self.weights:
+            raise ValueError("source onnx needs weights: the .onnx file")
+        return self
+
+
+class Load(Pass):
+    """Load a model: YOLOv5 checkpoint or architecture, Python factory, or ONNX file."""
+
+    name = "load"
+    version = 1
+    Config = LoadConfig
+    inputs = {}
+    output = "torch"
+    tools = ("torch",)
+    requires = ()
+
+    @classmethod
+    def output_kind(cls, config: LoadConfig) -> str:
+        return "onnx" if config.source == "onnx" else "torch"
+
+    def run(self, inputs, out, ctx) -> PassResult:
+        c: LoadConfig = self.config
+        if c.source == "onnx":
+            return self._load_onnx(out)
+        from convert.torchmodel import save_state
+
+        if c.source == "yolov5":
+            module, recipe = self._load_yolov5()
+        else:
+            module, recipe = self._load_python()
+        save_state(module, out / "model.pt")
+        head = module.head_meta() if hasattr(module, "head_meta") else None
+        names = list(getattr(module, "names", None) or (head or {}).get("names") or [])
+        stride = max(head["strides"]) if head else 32
+        meta = {"model": recipe, "truncated": False, "head": head, "names": names,
+                "preprocess": {**DEFAULT_PREPROCESS, **c.preprocess.model_dump(mode="json"),
+                               "size": list(c.input_size), "stride": int(stride)},
+                "input": {"name": "images", "shape": [1, 3, *c.input_size]}}
+        n_params = sum(p.numel() for p in module.parameters())
+        return PassResult("torch", "model.pt", meta, {"params": n_params, "pretrained": c.weights is not None})
+
+    def _load_yolov5(self):
+        from convert.models.checkpoint import load_checkpoint, load_state_dict_file
+        from convert.models.yolo import build_model, load_arch, load_weights
+
+        c: LoadConfig = self.config
+        arch = load_arch(c.arch_file or c.arch) if (c.arch or c.arch_file) else None
+        names = c.names
+        if c.weights is not None and arch is None:
+            ckpt = load_checkpoint(c.weights)
+            arch, state, names = ckpt.arch, ckpt.state_dict, names or ckpt.names
+            nc = c.nc or ckpt.nc
+        elif c.weights is not None:
+            state = load_state_dict_file(c.weights)
+            nc = c.nc
+        else:
+            warnings.warn("load: no weights given; the model is randomly initialised (seed "
+                          f"{c.seed}). Its outputs are meaningless.", stacklevel=1)
+            state, nc = None, c.nc
+        if names is not None and nc is not None and len(names) != nc:
+            raise ConvertError(f"names: {len(names)} class names for nc={nc}.",
+                               hint="give one name per class.")
+        model = build_model(arch, nc=nc, names=names, seed=c.seed)
+        if state is not None:
+            load_weights(model, state, source=str(c.weights))
+        recipe = {"source": "yolov5", "arch": model.arch, "nc": int(model.head.nc), "names": model.names,
+                  "seed": c.seed}
+        return model, recipe
+
+    def _load_python(self):
+        from convert.models.checkpoint import load_state_dict_file
+        from convert.torchmodel import build_module
+
+        c: LoadConfig = self.config
+        recipe = {"source": "python", "factory": c.factory, "kwargs": c.kwargs}
+        module = build_module(recipe)
+        if c.weights is not None:
+            state = load_state_dict_file(c.weights)
+            try:
+                module.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise PassError(f"weights {c.weights} do not fit the factory's model: "
+                                f"{str(e).splitlines()[0]}") from None
+        return module, recipe
+
+    def _load_onnx(self, out) -> PassResult:
+        import onnx
+
+        c: LoadConfig = self.config
+        try:
+            model = onnx.load(str(c.weights))
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as e:  # onnx raises DecodeError, ValidationError, ...: all mean unusable input
+            raise ConvertError(f"ONNX file {c.weights} is corrupt or invalid: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}",
+                               hint="re-export it, or check it with `python -m onnx.checker`.") from None
+        shutil.copyfile(c.weights, out / "model.onnx")
+        props = {p.key: p.value for p in model.metadata_props}
+        recorded = {k: json.loads(props[k]) for k in ("head", "names", "preprocess") if k in props}
+        inp = model.graph.input[0]
+        shape = [d.dim_value or d.dim_param or -1 for d in inp.type.tensor_type.shape.dim]
+        meta = {"truncated": props.get("truncated") == "true", "end2end": props.get("end2end") == "true",
+                "precision": props.get("precision", "fp32"),
+                "head": recorded.get("head"), "names": recorded.get("names", c.names or []),
+                "preprocess": recorded.get("preprocess") or {**DEFAULT_PREPROCESS,
+                                                             **c.preprocess.model_dump(mode="json"),
+                                                             "size": list(c.input_size)},
+                "input": {"name": inp.name, "shape": shape},
+                "outputs": [o.name for o in model.graph.output]}
+        return PassResult("onnx", "model.onnx", meta, {"opset": model.opset_import[0].version})
