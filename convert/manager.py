@@ -24,7 +24,7 @@ from typing import Any, Callable
 from convert.base import ARTIFACT_JSON, Artifact, PassResult, RunContext
 from convert.errors import BackendMissing, ConvertError, PassError
 from convert.spec import Spec, Stage, input_files
-from convert.store import Store, atomic_write, canonical_json, link_tree, sha256_json
+from convert.store import Store, _rmtree, atomic_write, canonical_json, link_tree, sha256_json
 
 LOCK_SUFFIX = ".lock"
 KEY_SCHEMA = 1  # bump when the key material's layout changes
@@ -349,9 +349,11 @@ class Manager:
                 }
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
                 os.rename(tmp, dest)
+            except OSError:
+                _rmtree(tmp)
+                if not dest.exists():  # else a concurrent run published the same version first
+                    raise
             except BaseException:
-                from convert.store import _rmtree
-
                 _rmtree(tmp)
                 raise
         if update_latest:

@@ -17,7 +17,6 @@ class ExportOnnxConfig(PassConfig):
     dynamic_batch: bool = Field(False, description="make the batch dimension dynamic")
     dynamic_hw: bool = Field(False, description="make height and width dynamic too")
     fp16: bool = Field(False, description="export in float16 (weights, input and outputs)")
-    fuse: bool = Field(True, description="fold BatchNorm into convolutions before export")
     tolerance: float = Field(1e-4, gt=0, description="max abs difference allowed between torch and ONNX Runtime "
                              "outputs on a random input, relative to the largest output magnitude (at least 1); "
                              "fp16 allows 100x this")
@@ -47,8 +46,6 @@ class ExportOnnx(Pass):
         c: ExportOnnxConfig = self.config
         art = inputs["model"]
         module = load_module(art)
-        if c.fuse and hasattr(module, "fuse"):
-            module.fuse()
         h, w = art.meta["input"]["shape"][2:]
         x = torch.rand(c.batch, 3, h, w, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():

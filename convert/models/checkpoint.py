@@ -16,6 +16,7 @@ the state dict, which :func:`load_yolov5` loads into a model built by :mod:`conv
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import struct
@@ -29,15 +30,15 @@ import torch
 
 from convert.errors import ConvertError
 
-# Modules whose globals can run code or reach the system. A checkpoint naming one is refused
+# Modules whose globals can run code or touch the system. A checkpoint naming one is refused
 # outright (rather than stubbed) so the user learns the file is hostile, not merely odd.
 _DANGEROUS_MODULES = (
-    "os", "posix", "nt", "sys", "subprocess", "shutil", "socket", "importlib", "runpy", "pickle",
-    "_pickle", "marshal", "codecs", "ctypes", "pty", "signal", "webbrowser", "code", "pdb",
-    "types", "functools", "operator", "inspect", "multiprocessing", "threading", "asyncio",
-    "tempfile", "pathlib", "io", "_io", "urllib", "http", "ftplib", "smtplib", "platform",
-    "sysconfig", "zipimport", "pip", "setuptools", "torch.hub", "torch.serialization",
-    "torch.jit", "torch._C", "torch.ops", "numpy.testing", "builtins", "__builtin__",
+    "os", "posix", "nt", "sys", "subprocess", "_posixsubprocess", "shutil", "socket", "importlib", "runpy",
+    "pickle", "_pickle", "marshal", "codecs", "ctypes", "pty", "signal", "webbrowser", "code", "pdb", "timeit",
+    "trace", "profile", "cProfile", "types", "functools", "operator", "inspect", "multiprocessing",
+    "threading", "asyncio", "tempfile", "io", "_io", "urllib", "http", "ftplib", "smtplib", "sysconfig",
+    "zipimport", "pip", "setuptools", "torch.hub", "torch.serialization", "torch.jit", "torch._C", "torch.ops",
+    "builtins",  # eval, exec, getattr, __import__, open...: only the data types of _ALLOWED pass
 )
 
 _STORAGE_DTYPES = {
@@ -47,6 +48,7 @@ _STORAGE_DTYPES = {
     "BoolStorage": torch.bool, "UntypedStorage": torch.uint8,
 }
 
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _BAD_FILE_HINT = "check the download (its size and checksum) or re-save it with torch.save."
 
 
@@ -99,11 +101,20 @@ class _StorageType:
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
+    """A tensor viewing ``storage`` (torch's own rebuild, minus hooks and autograd state)."""
     return storage.as_strided(tuple(size), tuple(stride), storage_offset)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    """An ``nn.Parameter`` comes back as its plain data tensor."""
     return data
+
+
+def _encode_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """How protocol 2 (torch.save's default) rebuilds ``bytes``: ``_codecs.encode(str, "latin1")``."""
+    if encoding not in ("latin1", "latin-1", "utf-8", "utf8", "ascii"):
+        raise pickle.UnpicklingError(f"unexpected bytes encoding {encoding!r}")
+    return str(text).encode(encoding)
 
 
 _ALLOWED = {
@@ -112,10 +123,8 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): OrderedDict,
     ("torch", "Size"): torch.Size,
-    ("builtins", "set"): set,
-    ("__builtin__", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): _encode_bytes,
+    **{("builtins", t.__name__): t for t in (set, frozenset, slice, range, complex, bytearray)},
 }
 
 
@@ -130,14 +139,18 @@ class _SafeUnpickler(pickle.Unpickler):
         self._stubs: dict[tuple[str, str], type[Stub]] = {}
 
     def find_class(self, module: str, name: str):
+        # Python 2 names, as protocol-2 pickles (torch.save's default) write them: __builtin__.set...
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
         if any(module == m or module.startswith(m + ".") for m in _DANGEROUS_MODULES):
             raise ConvertError(
-                f"checkpoint {self._source} refuses to load: it asks to call {module}.{name}, "
-                "which could run arbitrary code",
+                f"refusing to load checkpoint {self._source}: it asks to call {module}.{name}, "
+                "which can run arbitrary code",
                 hint="only load checkpoints from sources you trust; re-save the weights as a plain "
                      "state dict (torch.save(model.state_dict(), path)) where the file is trusted.")
         key = (module, name)
@@ -197,8 +210,8 @@ def load_pickle(path: str | Path) -> Any:
             TypeError, AttributeError, RuntimeError, struct.error, UnicodeDecodeError, OSError) as e:
         raise ConvertError(f"checkpoint {path} is truncated or not a PyTorch checkpoint "
                            f"({type(e).__name__}: {e})", hint=_BAD_FILE_HINT) from None
-    if isinstance(obj, int) and not isinstance(obj, bool):
-        # The legacy format starts with a magic-number pickle, then more pickles and raw storages.
+    # The legacy format is a magic-number pickle, then more pickles and raw storages.
+    if isinstance(obj, int) and obj == _LEGACY_MAGIC:
         raise ConvertError(f"checkpoint {path} uses the legacy (pre-1.6) torch format",
                            hint="re-save it with a recent torch: torch.save(torch.load(path), path).")
     return obj
@@ -264,7 +277,8 @@ def _float_state(sd: dict[str, Any], source: Path) -> dict[str, torch.Tensor]:
     if bad:
         raise ConvertError(f"checkpoint {source}: entries {bad[:3]} are not tensors",
                            hint="pass a state dict (name -> tensor) or a YOLOv5 checkpoint.")
-    return {k: v.float() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+    # Copies: the loaded tensors view the zip's buffers, and half ones become float32.
+    return {k: v.to(torch.float32 if v.is_floating_point() else v.dtype, copy=True) for k, v in sd.items()}
 
 
 @dataclass

@@ -133,7 +133,8 @@ class Focus(nn.Module):
         self.conv = Conv(c1 * 4, c2, k, s, p, g, act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1))
+        patches = (x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2])
+        return self.conv(torch.cat(patches, 1))
 
 
 class Concat(nn.Module):
@@ -397,6 +398,7 @@ class YoloModel(nn.Module):
 
     @property
     def stride(self) -> torch.Tensor:
+        """Stride of each detection level, ``[nl]``."""
         return self.head.stride
 
     def _init_strides(self) -> None:
@@ -415,13 +417,20 @@ class YoloModel(nn.Module):
                 head.anchors[:] = head.anchors.flip(0)
 
     def _initialize_biases(self) -> None:
-        """Objectness and class priors (YOLOv5): ~8 objects per 640 image, 0.6 spread over classes."""
+        """Objectness and class priors (YOLOv5): ~8 objects per 640 image, 0.6 spread over classes.
+
+        Applied through the per-level ``[na, no]`` channel layout, so for a pose head the priors
+        land on the channels the decode reads as obj/classes.
+        """
         head = self.head
         with torch.no_grad():
-            for conv, s in zip(head.m, head.stride.tolist()):
-                b = conv.bias.view(head.na, -1)
+            for i, s in enumerate(head.stride.tolist()):
+                convs = [head.m[i]] + ([head.m_kpt[i]] if head.nk else [])
+                b = torch.cat([c.bias for c in convs]).view(head.na, head.no)
                 b[:, 4] += math.log(8 / (640 / s) ** 2)
-                b[:, 5:] += math.log(0.6 / (head.nc - 0.99))
+                b[:, 5:5 + head.nc] += math.log(0.6 / (head.nc - 0.99))
+                for conv, part in zip(convs, b.view(-1).split([c.out_channels for c in convs])):
+                    conv.bias.copy_(part)
 
     def _forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         y: list[torch.Tensor | None] = []

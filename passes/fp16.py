@@ -1,0 +1,156 @@
+"""``fp16``: an FP32 ONNX model to FP16, checked against the FP32 model under ONNX Runtime.
+
+The conversion is ONNX Runtime's ``convert_float_to_float16``: float initializers and
+activations become float16, except
+
+* inputs that ONNX defines as float32-only, which the converter keeps float32 by itself
+  (``Resize`` scales, for one);
+* nodes of the blocked op types, which compute in FP32 behind inserted casts. The converter's
+  own list already holds the NMS-related ops (``NonMaxSuppression``, ``TopK``, ``RoiAlign``) and
+  index arithmetic (``Range``, ``CumSum``); :attr:`FP16Config.block_ops` adds to it and
+  :attr:`FP16Config.block_nodes` blocks single nodes by name.
+
+Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
+contract (docs/DESIGN.md) has float32 boxes and scores, and every consumer can feed float32.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from pydantic import Field
+
+from convert.base import Input, Pass, PassConfig, PassResult
+from convert.errors import PassError
+
+
+class FP16Config(PassConfig):
+    keep_io_types: bool = Field(True, description="keep float graph inputs and outputs in float32 (casts at the "
+                                "edges); false makes them float16")
+    block_ops: list[str] = Field(default_factory=list, description="op types kept in FP32, added to the converter's "
+                                 "list (which already holds NonMaxSuppression, TopK, RoiAlign, Range, CumSum, Min, "
+                                 "Max, Upsample)")
+    block_nodes: list[str] = Field(default_factory=list, description="node names kept in FP32")
+    max_abs_diff: float | None = Field(None, gt=0, description="gate: fail the run when an output of the FP16 model "
+                                       "differs from the FP32 model's by more than this on the check input")
+    seed: int = Field(0, description="seed of the random check input (uniform [0,1) images of the model's input "
+                      "size)")
+
+
+class FP16(Pass):
+    """Convert an FP32 ONNX model to FP16 (op block list, float32 I/O by default), checked under ONNX Runtime."""
+
+    name = "fp16"
+    version = 1
+    Config = FP16Config
+    inputs = {"model": Input(("onnx",), doc="the FP32 ONNX model")}
+    output = "onnx"
+    tools = ("onnx", "onnxruntime")
+    requires = ("onnx", "onnxruntime")
+
+    def run(self, inputs, out, ctx) -> PassResult:
+        import logging
+
+        import numpy as np
+        import onnx
+        from onnxruntime.transformers import float16
+
+        from convert import onnxutil
+
+        c: FP16Config = self.config
+        art = inputs["model"]
+        precision = art.meta.get("precision", "fp32")
+        if precision != "fp32":
+            raise PassError(f"the input model is {precision}, the fp16 pass converts FP32 models.",
+                            hint="feed it the FP32 model (the stage before quantization or an earlier fp16 pass).")
+        model = onnx.load(str(art.file))
+        blocked_ops = set(float16.DEFAULT_OP_BLOCK_LIST) | set(c.block_ops)
+        names = {n.name for n in model.graph.node}
+        unknown = [n for n in c.block_nodes if n not in names]
+        if unknown:
+            raise PassError(f"stages.{ctx.stage}.with.block_nodes: no node named {unknown[0]!r} in the model.",
+                            hint="node names are those of the input ONNX graph (see it in Netron).")
+        kept_fp32 = sum(1 for n in model.graph.node if n.op_type in blocked_ops or n.name in c.block_nodes)
+
+        # The converter logs a warning per clamped weight; those are expected for tiny weights.
+        converter_log = logging.getLogger("onnxruntime.transformers.float16")
+        level = converter_log.level
+        converter_log.setLevel(logging.ERROR)
+        try:
+            half = float16.convert_float_to_float16(model, keep_io_types=c.keep_io_types,
+                                                    op_block_list=sorted(blocked_ops),
+                                                    node_block_list=list(c.block_nodes))
+        finally:
+            converter_log.setLevel(level)
+        # The converter appends the I/O casts at the end of the node list; ONNX requires
+        # topological order (ONNX Runtime would not mind, the checker and TensorRT do).
+        toposort(half.graph)
+        meta = {**art.meta, "precision": "fp16", "io_precision": "fp32" if c.keep_io_types else "fp16"}
+        onnxutil.set_metadata(half, meta)
+        onnxutil.save(half, out / "model.onnx")
+
+        ref_sess = onnxutil.ort_session(art.file)
+        half_sess = onnxutil.ort_session(out / "model.onnx")
+        size = (art.meta.get("preprocess") or {}).get("size")
+        feed = onnxutil.random_feed(ref_sess, seed=c.seed, size=tuple(size) if size else None)
+        half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
+                     for i in half_sess.get_inputs()}
+        names_out = [o.name for o in ref_sess.get_outputs()]
+        ref = ref_sess.run(names_out, feed)
+        got = half_sess.run(names_out, half_feed)
+        diffs = {n: onnxutil.max_abs_diff([r], [g]) for n, r, g in zip(names_out, ref, got)
+                 if np.issubdtype(r.dtype, np.floating)}
+        diff = max(diffs.values(), default=0.0)
+        magnitude = max((float(np.abs(r).max()) for r in ref if np.issubdtype(r.dtype, np.floating) and r.size),
+                        default=0.0)
+        summary = {"max_abs_diff": diff, "max_rel_diff": diff / magnitude if magnitude else 0.0,
+                   "fp32_nodes": kept_fp32, "diff": diffs,
+                   "bytes": (out / "model.onnx").stat().st_size, "bytes_fp32": art.file.stat().st_size}
+        gates = []
+        if c.max_abs_diff is not None and diff > c.max_abs_diff:
+            worst = max(diffs, key=diffs.get)
+            gates.append(f"FP16 output {worst!r} differs from FP32 by {diff:.4g} > max_abs_diff {c.max_abs_diff:g}")
+        return PassResult("onnx", "model.onnx", meta, summary, gate_failures=gates)
+
+
+def toposort(graph) -> None:
+    """Reorders ``graph.node`` in place into a topological order, keeping the original order where it can.
+
+    Nodes holding subgraphs (If, Loop, Scan) depend on every outer value their subgraphs read.
+
+    Raises:
+        PassError: The graph has a cycle.
+    """
+    nodes = list(graph.node)
+    producer = {name: i for i, n in enumerate(nodes) for name in n.output if name}
+    consumers: list[list[int]] = [[] for _ in nodes]
+    missing = [0] * len(nodes)
+    for i, n in enumerate(nodes):
+        deps = {producer[name] for name in _reads(n) if name in producer and producer[name] != i}
+        missing[i] = len(deps)
+        for d in deps:
+            consumers[d].append(i)
+    ready = [i for i, m in enumerate(missing) if m == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in consumers[i]:
+            missing[j] -= 1
+            if missing[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise PassError("the converted graph has a cycle.", hint="report the model; the FP16 converter broke it.")
+    del graph.node[:]
+    graph.node.extend(nodes[i] for i in order)
+
+
+def _reads(node) -> set[str]:
+    """Names a node reads: its inputs and, recursively, those of its subgraphs' nodes."""
+    names = {x for x in node.input if x}
+    for attr in node.attribute:
+        for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for sub in g.node:
+                names |= _reads(sub)
+    return names

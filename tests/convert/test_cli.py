@@ -1,0 +1,105 @@
+"""The CLI: exit codes, one-line errors, commands, and a fully cached run that never imports torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import toy_passes  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_run_validate_plan_versions_show_verify(cli, tmp_path):
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write}, u: {pass: toy_upper}}")
+    assert cli("validate", "s.yaml")[0] == 0
+    code, out, _ = cli("plan", "s.yaml")
+    assert code == 0 and out.count("will run") == 2
+    code, out, _ = cli("run", "s.yaml", "--no-progress")
+    assert code == 0 and "u (toy_upper): ran" in out and "published artifacts/s/" in out
+    code, out, _ = cli("plan", "s.yaml", "--json")
+    assert [r["status"] for r in json.loads(out)] == ["cached", "cached"]
+    code, out, _ = cli("run", "s.yaml", "--json", "--force", "u")
+    assert [s["status"] for s in json.loads(out)["stages"]] == ["cached", "ran"]
+    code, out, _ = cli("versions")
+    assert code == 0 and "(latest)" in out
+    assert cli("show", "s")[0] == 0
+    code, out, _ = cli("verify", "s")
+    assert code == 0 and out.strip().endswith(": ok")
+
+
+def test_passes_list_and_show(cli):
+    code, out, _ = cli("passes")
+    assert code == 0
+    for name in ("load", "truncate_head", "export_onnx", "simplify"):
+        assert name in out
+    code, out, _ = cli("passes", "show", "export_onnx")
+    assert code == 0 and "opset: int (default 17)" in out and "ONNX opset version" in out
+    code, _, err = cli("passes", "show", "exprt_onnx")
+    assert code == 2 and "unknown pass 'exprt_onnx'" in err and "did you mean 'export_onnx'" in err
+
+
+@pytest.mark.parametrize("spec, args, expected", [
+    ("stages: {w: {pass: toy_write, with: {bogus: 1}}}", [], "s.yaml: stages.w.with.bogus: unknown parameter"),
+    ("stages: {w: {pass: toy_write}}\n  bad: [", [], "malformed YAML"),
+    ("stages: {w: {pass: nope}}", [], "unknown pass 'nope'"),
+    ("stages: {w: {pass: toy_write, with: {sleep: x}}}", [], "stages.w.with.sleep"),
+    ("stages: {w: {pass: toy_write, with: {src: missing.txt}}}", [], "file 'missing.txt' not found"),
+    ("_base_: s.yaml\nstages: {w: {pass: toy_write}}", [], "cyclic _base_"),
+    ("stages: {w: {pass: load, with: {source: onnx, weights: bad.onnx}}}", [], "is corrupt or invalid"),
+    ("stages: {w: {pass: load, with: {source: yolov5, weights: trunc.pt}}}", [], "truncated or not a PyTorch"),
+])
+def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, spec, args, expected):
+    (tmp_path / "s.yaml").write_text(spec)
+    (tmp_path / "bad.onnx").write_bytes(b"\x08\x07garbage-not-onnx")
+    (tmp_path / "trunc.pt").write_bytes(_truncated_checkpoint())
+    code, out, err = cli("run", "s.yaml", *args)
+    assert code == 2, err
+    assert expected in err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "artifacts").exists()
+    assert not list((tmp_path / ".convert/store/cache").glob("*")) if (tmp_path / ".convert/store/cache").exists() else True
+
+
+def _truncated_checkpoint() -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.zeros(100)}}, buf)
+    return buf.getvalue()[: len(buf.getvalue()) // 2]
+
+
+def test_fully_cached_run_is_fast_and_never_imports_torch(tmp_path):
+    """A real pipeline (load -> truncate -> export -> simplify) re-run from cache, in a fresh process."""
+    spec = tmp_path / "p.yaml"
+    spec.write_text(textwrap.dedent("""
+        stages:
+          load: {with: {source: yolov5, arch: yolov5n, input_size: [64, 64], nc: 2}}
+          truncate_head: {}
+          export_onnx: {}
+          simplify: {}
+    """))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    first = subprocess.run([sys.executable, "-m", "convert", "run", str(spec), "--no-progress"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    probe = ("import sys, time; t = time.perf_counter(); from convert.cli import main; "
+             "code = main(['run', 'p.yaml', '--json', '--no-progress']); "
+             "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', time.perf_counter() - t, file=sys.stderr); "
+             "sys.exit(code)")
+    t0 = time.perf_counter()
+    second = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    assert second.returncode == 0, second.stderr
+    assert [s["status"] for s in json.loads(second.stdout)["stages"]] == ["cached"] * 4
+    marker, seconds = second.stderr.split()[-2:]
+    assert marker == "NOTORCH"
+    assert float(seconds) < 1.0, f"cached run took {seconds}s in-process ({wall:.2f}s with interpreter start)"

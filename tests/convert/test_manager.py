@@ -1,0 +1,179 @@
+"""The manager: cache hits and invalidation, contract and failure handling, lockfile, publishing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import toy_passes  # noqa: F401
+
+from convert.errors import ConvertError
+from convert.manager import Manager, key_material, lockfile_path, verify_version
+from convert.spec import load_spec
+from convert.store import Store, sha256_json
+
+HELPERS = Path(__file__).resolve().parents[1] / "helpers"
+
+SPEC = """
+stages:
+  w: {pass: toy_write, with: {text: "a", src: data.txt}}
+  u: {pass: toy_upper, with: {times: 1}}
+  v: {pass: toy_upper, with: {times: 2}}
+"""
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("xyz")
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC))
+
+    def run(*overrides, **kw):
+        spec = load_spec("spec.yaml", list(overrides))
+        return Manager(spec, Store(tmp_path / "store"), tmp_path / "artifacts", progress=False).run(**kw)
+
+    return run
+
+
+def statuses(report):
+    return {s.name: s.status for s in report.stages}
+
+
+def test_rerun_is_cached_and_change_reruns_only_downstream(env, tmp_path):
+    assert statuses(env()) == {"w": "ran", "u": "ran", "v": "ran"}
+    assert statuses(env()) == {"w": "cached", "u": "cached", "v": "cached"}
+    assert statuses(env("stages.u.with.times=3")) == {"w": "cached", "u": "ran", "v": "ran"}
+    # a file's content at the same path invalidates the stage reading it and everything after
+    (tmp_path / "data.txt").write_text("changed")
+    assert statuses(env("stages.u.with.times=3")) == {"w": "ran", "u": "ran", "v": "ran"}
+
+
+def test_same_output_downstream_stays_cached(env):
+    env()
+    # v's output depends only on u's output: re-running u with force yields equal bytes, so v stays cached
+    assert statuses(env(force={"u"})) == {"w": "cached", "u": "ran", "v": "cached"}
+
+
+def test_publish_lockfile_verify(env, tmp_path):
+    report = env()
+    pub = report.published
+    assert pub == tmp_path / "artifacts" / "spec" / report.version
+    assert (pub / "v" / "out.txt").read_text() == "AXYZAXYZ"
+    assert os.readlink(tmp_path / "artifacts" / "spec" / "latest") == report.version
+    manifest = json.loads((pub / "manifest.json").read_text())
+    assert manifest["stages"]["w"]["files"]["src"][0]["sha256"] == sha256_file(tmp_path / "data.txt")
+    assert manifest["resolved_spec"]["stages"]["u"]["with"]["times"] == 1
+    lock = json.loads(lockfile_path(load_spec("spec.yaml")).read_text())
+    assert lock["stages"]["v"]["input_digests"]["model"] == [manifest["stages"]["u"]["output"]]
+    assert verify_version(pub) == []
+    target = pub / "u" / "out.txt"
+    target.chmod(0o644)
+    target.write_text("tampered")
+    assert verify_version(pub) == ["u/out.txt: content changed"]
+
+
+def sha256_file(p):
+    import hashlib
+
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_frozen_detects_changes(env, tmp_path):
+    env()
+    env(frozen=True)  # same spec, same outputs: passes
+    with pytest.raises(ConvertError, match=r"--frozen: stage 'u' does not match .*its inputs or parameters changed"):
+        env("stages.u.with.times=5", frozen=True)
+
+
+def test_until_stops_and_publishes_nothing(env, tmp_path):
+    report = env(until="u")
+    assert [s.name for s in report.stages] == ["w", "u"]
+    assert report.published is None and not (tmp_path / "artifacts").exists()
+
+
+def test_unexpected_error_names_stage_and_previous_ones(env, tmp_path):
+    with pytest.raises(ConvertError) as e:
+        env("stages.v.with.fail=true")
+    msg = str(e.value)
+    assert msg.startswith("stage 'v' (pass toy_upper) failed after w, u: RuntimeError: boom")
+    assert "traceback is in" in msg
+    store = Store(tmp_path / "store")
+    assert not list((tmp_path / "store" / "tmp").iterdir())  # nothing half-written left
+    assert len(list((tmp_path / "store" / "cache").glob("*.json"))) == 2  # w and u only
+    assert store.root.joinpath("logs").is_dir()
+
+
+def test_optional_stage_skipped_when_backend_missing(env, tmp_path):
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC) + "  m: {pass: toy_missing, optional: true}\n"
+                                        "  after: {pass: toy_upper, inputs: {model: m}}\n")
+    report = env()
+    assert statuses(report)["m"] == "skipped" and "not installed" in report.stages[3].reason
+    assert statuses(report)["after"] == "skipped"
+    lock = json.loads(lockfile_path(load_spec("spec.yaml")).read_text())
+    assert "surely_not_installed_module_xyz is not installed" in lock["stages"]["m"]["skipped"]
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC) + "  m: {pass: toy_missing}\n")
+    with pytest.raises(ConvertError, match=r"stage 'm' \(pass toy_missing\) needs the Python module "
+                       r"'surely_not_installed_module_xyz'.*Hint: install it"):
+        env()
+
+
+def test_golden_cache_key(tmp_path, monkeypatch):
+    """Pins the key of a fixed stage: if this changes, every user's cache is invalidated — bump KEY_SCHEMA
+    on purpose or fix the accident."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("xyz")
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write, with: {text: a, src: data.txt}}}")
+    stage = load_spec("s.yaml").stage("w")
+    digest = sha256_file(tmp_path / "data.txt")
+    assert key_material(stage, {}, {"src": [digest]}, {}) == {
+        "schema": 1, "pass": "toy_write", "version": 1, "inputs": {}, "tools": {},
+        "config": {"text": "a", "src": digest, "sleep": 0.0, "marker": None}}
+    plan = Manager(load_spec("s.yaml"), Store(tmp_path / "store"), tmp_path / "artifacts").plan()
+    assert plan[0].key == "ae8334418318c35ff1a595e2760d9f6d43ac51948133a468c62df8433e7b60bf"
+
+
+def _toy_cli(*args):
+    code = ("import sys, toy_passes; from convert.cli import main; sys.exit(main(sys.argv[1:]))")
+    return [sys.executable, "-c", code, *args]
+
+
+def test_killed_pass_leaves_no_entry_and_next_run_completes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "s.yaml").write_text(
+        "stages: {w: {pass: toy_write, with: {text: a, sleep: 60, marker: started}}, u: {pass: toy_upper}}")
+    proc = subprocess.Popen(_toy_cli("run", "s.yaml", "--no-progress"), cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = tmp_path / ".convert" / "store"
+    assert not list((store / "cache").glob("*.json")) if (store / "cache").exists() else True
+    assert not (store / "objects").exists() or not list((store / "objects").iterdir())
+    done = subprocess.run(_toy_cli("run", "s.yaml", "stages.w.with.sleep=0", "--no-progress"), cwd=tmp_path,
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "u (toy_upper): ran" in done.stdout
+    gc = subprocess.run(_toy_cli("gc"), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert "removed 1 temporary dirs" in gc.stdout  # the killed run's leftovers
+
+
+def test_two_runs_at_once_build_each_stage_once(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write, with: {text: a, sleep: 1}}, u: {pass: toy_upper}}")
+    procs = [subprocess.Popen(_toy_cli("run", "s.yaml", "--json", "--no-progress"), cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [json.loads(p.communicate()[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    ran = sorted(r["stages"][0]["status"] for r in results)
+    assert ran == ["cached", "ran"]
+    assert results[0]["version"] == results[1]["version"]

@@ -1,0 +1,104 @@
+"""The load pass: YOLOv5 architectures, Python factories with weights, ONNX files."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from convert.base import Artifact, RunContext
+from convert.errors import ConvertError
+from convert.manager import Manager
+from convert.spec import load_spec
+from convert.store import Store
+from convert.torchmodel import load_module
+from passes.load import Load, LoadConfig
+
+
+def run_load(tmp_path, **cfg):
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    res = Load(LoadConfig(**cfg)).run({}, out, RunContext("load", progress=False))
+    return Artifact(res.kind, out, res.main, res.meta, "x"), res
+
+
+def test_yolov5_arch_without_weights_is_seeded_and_records_head(tmp_path):
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        art, res = run_load(tmp_path, arch="yolov5s-pose", input_size=(64, 96))
+    assert res.kind == "torch" and res.summary["pretrained"] is False
+    assert art.meta["head"]["type"] == "yolov5_pose" and art.meta["head"]["nk"] == 17
+    assert art.meta["preprocess"]["size"] == [64, 96] and art.meta["input"]["shape"] == [1, 3, 64, 96]
+    module = load_module(art)
+    (tmp_path / "b").mkdir()
+    with pytest.warns(UserWarning):
+        again, _ = run_load(tmp_path / "b", arch="yolov5s-pose", input_size=(64, 96))
+    for (k, a), b in zip(module.state_dict().items(), load_module(again).state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_python_factory_with_weights(tmp_path):
+    sd = {k: torch.full_like(v, 0.5) for k, v in __import__("tiny_factory").make().state_dict().items()}
+    torch.save(sd, tmp_path / "w.pt")
+    art, _ = run_load(tmp_path, source="python", factory="tiny_factory:make", weights=tmp_path / "w.pt",
+                      input_size=(32, 32))
+    module = load_module(art)
+    assert all(torch.all(v == 0.5) for v in module.state_dict().values())
+    with pytest.raises(ConvertError, match="do not fit the factory's model"):
+        run_load(tmp_path, source="python", factory="tiny_factory:make", kwargs={"channels": 8},
+                 weights=tmp_path / "w.pt")
+    with pytest.raises(ConvertError, match="cannot import 'no_such_module'"):
+        run_load(tmp_path, source="python", factory="no_such_module:make")
+
+
+def test_onnx_source_reads_recorded_metadata(tmp_path):
+    x = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["images"], ["y"])],
+                                                          "g", [x], [y]))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "names", json.dumps(["a", "b"])
+    onnx.save(model, tmp_path / "m.onnx")
+    art, res = run_load(tmp_path, source="onnx", weights=tmp_path / "m.onnx", input_size=(32, 32))
+    assert res.kind == "onnx" and art.meta["names"] == ["a", "b"] and art.meta["outputs"] == ["y"]
+    assert (art.path / "model.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"source": "yolov5"}, "needs arch"),
+    ({"source": "python"}, "needs factory"),
+    ({"source": "onnx"}, "needs weights"),
+    ({"arch": "yolov5n", "input_size": (100, 64)}, "multiples of 32"),
+])
+def test_invalid_configs_rejected_at_validation(cfg, message):
+    with pytest.raises(ValueError, match=message):
+        LoadConfig(**cfg)
+
+
+def test_changing_weights_content_at_same_path_reruns_load_and_after(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make = __import__("tiny_factory").make
+    torch.save(make().state_dict(), tmp_path / "w.pt")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        stages:
+          load: {with: {source: python, factory: "tiny_factory:make", weights: w.pt, input_size: [32, 32]}}
+          export_onnx: {}
+    """))
+
+    def run():
+        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False).run()
+        return [s.status for s in rep.stages], rep
+
+    assert run()[0] == ["ran", "ran"]
+    assert run()[0] == ["cached", "cached"]
+    torch.save({k: v * 2 for k, v in make().state_dict().items()}, tmp_path / "w.pt")
+    statuses, rep = run()
+    assert statuses == ["ran", "ran"]
+    sess_out = __import__("onnxruntime").InferenceSession(str(rep.published / "export_onnx" / "model.onnx")).run(
+        None, {"images": np.ones((1, 3, 32, 32), np.float32)})[0]
+    m = make()
+    m.load_state_dict({k: v * 2 for k, v in make().state_dict().items()})
+    np.testing.assert_allclose(sess_out, m(torch.ones(1, 3, 32, 32)).detach().numpy(), atol=1e-4)
