@@ -143,22 +143,32 @@ def test_fuse_keeps_outputs(yolov5n):
     torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
 
 
+def _export(model, dynamic_axes) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(model, torch.rand(1, 3, 64, 64), buf, opset_version=17, input_names=["images"],
+                      output_names=model.head_meta()["outputs"], dynamic_axes=dynamic_axes, dynamo=False)
+    return buf.getvalue()
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy exporter: onnxscript is optional
 def test_onnx_export_dynamic_batch(pose):
     ort = pytest.importorskip("onnxruntime")
     model = copy.deepcopy(pose)
     _randomize_bn(model)
-    buf = io.BytesIO()
-    torch.onnx.export(model, torch.rand(1, 3, 64, 64), buf, opset_version=17, input_names=["images"],
-                      output_names=model.head_meta()["outputs"], dynamic_axes={"images": {0: "batch"}},
-                      dynamo=False)
-    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
-    x = torch.rand(3, 3, 64, 64)
-    (got,) = sess.run(None, {"images": x.numpy()})
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert got.shape == want.shape == (3, 252, 57)
-    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    sess = ort.InferenceSession(_export(model, {"images": {0: "batch", 2: "height", 3: "width"}}),
+                                providers=["CPUExecutionProvider"])
+    for shape in ((3, 3, 64, 64), (2, 3, 96, 128)):  # the decode follows the input size too
+        x = torch.rand(*shape)
+        (got,) = sess.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+    sess = ort.InferenceSession(_export(model.truncate_head(), {"images": {0: "batch"}}),
+                                providers=["CPUExecutionProvider"])
+    assert [(o.name, o.shape[1:]) for o in sess.get_outputs()] == [
+        ("p3", [171, 8, 8]), ("p4", [171, 4, 4]), ("p5", [171, 2, 2])]
 
 
 def test_load_weights_mismatch_names_keys(yolov5n):
