@@ -32,6 +32,18 @@ def set_metadata(model, meta: dict[str, Any]) -> None:
         entry.key, entry.value = k, props[k]
 
 
+def read_metadata(model) -> dict[str, Any]:
+    """Reads back what :func:`set_metadata` wrote (other entries, and non-JSON values, are ignored)."""
+    out = {}
+    for p in model.metadata_props:
+        if p.key in META_KEYS:
+            try:
+                out[p.key] = json.loads(p.value)
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
 def save(model, path: Path) -> None:
     """Saves an ONNX model after a full checker pass (raises on an invalid graph)."""
     import onnx

@@ -5,10 +5,14 @@ activations become float16, except
 
 * inputs that ONNX defines as float32-only, which the converter keeps float32 by itself
   (``Resize`` scales, for one);
-* nodes of the blocked op types, which compute in FP32 behind inserted casts. The converter's
-  own list already holds the NMS-related ops (``NonMaxSuppression``, ``TopK``, ``RoiAlign``) and
-  index arithmetic (``Range``, ``CumSum``); :attr:`FP16Config.block_ops` adds to it and
-  :attr:`FP16Config.block_nodes` blocks single nodes by name.
+* nodes of the blocked op types, which compute in FP32 behind inserted casts: NMS
+  (:data:`NMS_OPS`, including TensorRT's EfficientNMS plugins), the converter's own list (``TopK``,
+  ``RoiAlign``, index arithmetic such as ``Range`` and ``CumSum``...), and
+  :attr:`FP16Config.block_ops`; :attr:`FP16Config.block_nodes` blocks single nodes by name.
+
+The FP16 model is run against the FP32 one under ONNX Runtime on sample photos (or noise, see
+:func:`check_feed`) and the largest output difference is reported (and gated with ``max_abs_diff``); a model holding
+TensorRT plugin ops cannot run there and is converted unchecked.
 
 Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
 contract (docs/DESIGN.md) has float32 boxes and scores, and every consumer can feed float32.
@@ -23,25 +27,27 @@ from pydantic import Field
 from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import PassError
 
+NMS_OPS = ("NonMaxSuppression", "EfficientNMS_TRT", "EfficientNMS_ONNX_TRT")
+"""NMS ops (ONNX's and TensorRT's plugins) always kept in FP32: box coordinates in pixels and
+near-tied scores lose too much in float16, and ONNX's NonMaxSuppression takes float32 only."""
+
 
 class FP16Config(PassConfig):
     keep_io_types: bool = Field(True, description="keep float graph inputs and outputs in float32 (casts at the "
                                 "edges); false makes them float16")
-    block_ops: list[str] = Field(default_factory=list, description="op types kept in FP32, added to the converter's "
-                                 "list (which already holds NonMaxSuppression, TopK, RoiAlign, Range, CumSum, Min, "
-                                 "Max, Upsample)")
+    block_ops: list[str] = Field(default_factory=list, description="op types kept in FP32, added to the NMS ops "
+                                 "and the converter's list (TopK, RoiAlign, Range, CumSum, Min, Max, Upsample...)")
     block_nodes: list[str] = Field(default_factory=list, description="node names kept in FP32")
     max_abs_diff: float | None = Field(None, gt=0, description="gate: fail the run when an output of the FP16 model "
                                        "differs from the FP32 model's by more than this on the check input")
-    seed: int = Field(0, description="seed of the random check input (uniform [0,1) images of the model's input "
-                      "size)")
+    seed: int = Field(0, description="seed of the check input (sample photos, else uniform noise)")
 
 
 class FP16(Pass):
     """Convert an FP32 ONNX model to FP16 (op block list, float32 I/O by default), checked under ONNX Runtime."""
 
     name = "fp16"
-    version = 1
+    version = 2
     Config = FP16Config
     inputs = {"model": Input(("onnx",), doc="the FP32 ONNX model")}
     output = "onnx"
@@ -51,7 +57,6 @@ class FP16(Pass):
     def run(self, inputs, out, ctx) -> PassResult:
         import logging
 
-        import numpy as np
         import onnx
         from onnxruntime.transformers import float16
 
@@ -62,9 +67,9 @@ class FP16(Pass):
         precision = art.meta.get("precision", "fp32")
         if precision != "fp32":
             raise PassError(f"the input model is {precision}, the fp16 pass converts FP32 models.",
-                            hint="feed it the FP32 model (the stage before quantization or an earlier fp16 pass).")
+                            hint="feed it the FP32 model (e.g. the export_onnx or simplify stage).")
         model = onnx.load(str(art.file))
-        blocked_ops = set(float16.DEFAULT_OP_BLOCK_LIST) | set(c.block_ops)
+        blocked_ops = set(float16.DEFAULT_OP_BLOCK_LIST) | set(NMS_OPS) | set(c.block_ops)
         names = {n.name for n in model.graph.node}
         unknown = [n for n in c.block_nodes if n not in names]
         if unknown:
@@ -82,35 +87,122 @@ class FP16(Pass):
                                                     node_block_list=list(c.block_nodes))
         finally:
             converter_log.setLevel(level)
-        # The converter appends the I/O casts at the end of the node list; ONNX requires
-        # topological order (ONNX Runtime would not mind, the checker and TensorRT do).
+        # The converter inserts one identical Cast per consumer of a value that must go back to
+        # FP32 (two Resize nodes sharing their scales, two blocked nodes sharing an input), all
+        # writing the same name, and appends its casts at the end of the node list; ONNX wants
+        # single assignment and topological order (the checker and TensorRT enforce both).
+        drop_duplicate_nodes(half.graph)
         toposort(half.graph)
         meta = {**art.meta, "precision": "fp16", "io_precision": "fp32" if c.keep_io_types else "fp16"}
         onnxutil.set_metadata(half, meta)
         onnxutil.save(half, out / "model.onnx")
 
-        ref_sess = onnxutil.ort_session(art.file)
-        half_sess = onnxutil.ort_session(out / "model.onnx")
-        size = (art.meta.get("preprocess") or {}).get("size")
-        feed = onnxutil.random_feed(ref_sess, seed=c.seed, size=tuple(size) if size else None)
-        half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
-                     for i in half_sess.get_inputs()}
-        names_out = [o.name for o in ref_sess.get_outputs()]
-        ref = ref_sess.run(names_out, feed)
-        got = half_sess.run(names_out, half_feed)
-        diffs = {n: onnxutil.max_abs_diff([r], [g]) for n, r, g in zip(names_out, ref, got)
-                 if np.issubdtype(r.dtype, np.floating)}
-        diff = max(diffs.values(), default=0.0)
-        magnitude = max((float(np.abs(r).max()) for r in ref if np.issubdtype(r.dtype, np.floating) and r.size),
-                        default=0.0)
-        summary = {"max_abs_diff": diff, "max_rel_diff": diff / magnitude if magnitude else 0.0,
-                   "fp32_nodes": kept_fp32, "diff": diffs,
-                   "bytes": (out / "model.onnx").stat().st_size, "bytes_fp32": art.file.stat().st_size}
+        summary: dict = {"fp32_nodes": kept_fp32, "bytes": (out / "model.onnx").stat().st_size,
+                         "bytes_fp32": art.file.stat().st_size}
         gates = []
-        if c.max_abs_diff is not None and diff > c.max_abs_diff:
-            worst = max(diffs, key=diffs.get)
-            gates.append(f"FP16 output {worst!r} differs from FP32 by {diff:.4g} > max_abs_diff {c.max_abs_diff:g}")
+        checked = compare(art.file, out / "model.onnx", art.meta, c.seed)
+        if checked is None:
+            summary["check"] = "skipped: ONNX Runtime cannot run the model (TensorRT plugin ops)"
+            if c.max_abs_diff is not None:
+                gates.append("max_abs_diff cannot be checked: ONNX Runtime cannot run the model")
+        else:
+            diffs, magnitude, kind = checked
+            diff = max(diffs.values(), default=0.0)
+            summary.update(check=kind, max_abs_diff=diff, max_rel_diff=diff / magnitude if magnitude else 0.0,
+                           diff=diffs)
+            if c.max_abs_diff is not None and diff > c.max_abs_diff:
+                worst = max(diffs, key=diffs.get)
+                gates.append(f"FP16 output {worst!r} differs from FP32 by {diff:.4g} > max_abs_diff "
+                             f"{c.max_abs_diff:g}")
         return PassResult("onnx", "model.onnx", meta, summary, gate_failures=gates)
+
+
+def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, float], float, str] | None:
+    """Runs both models under ONNX Runtime on the check input (:func:`check_feed`).
+
+    Returns:
+        (output name -> max abs difference, for float outputs; largest FP32 output magnitude;
+        the kind of check input), or None when ONNX Runtime cannot run the FP32 model
+        (TensorRT plugin ops).
+    """
+    import numpy as np
+
+    from convert import onnxutil
+
+    try:
+        ref_sess = onnxutil.ort_session(fp32_path)
+    except Exception:  # onnxruntime's own exception types: an op it does not know
+        return None
+    half_sess = onnxutil.ort_session(fp16_path)
+    feed, kind = check_feed(ref_sess, meta, seed)
+    half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
+                 for i in half_sess.get_inputs()}
+    names = [o.name for o in ref_sess.get_outputs()]
+    floats = [(n, r, g) for n, r, g in zip(names, ref_sess.run(names, feed), half_sess.run(names, half_feed))
+              if np.issubdtype(r.dtype, np.floating)]
+    diffs = {n: onnxutil.max_abs_diff([r], [g]) for n, r, g in floats}
+    magnitude = max((float(np.abs(r).max()) for _, r, _ in floats if r.size), default=0.0)
+    return diffs, magnitude, kind
+
+
+def check_feed(session, meta: dict, seed: int = 0, batch: int | None = None) -> tuple[dict, str]:
+    """The input that conversions are checked on: sample photos, else seeded noise.
+
+    Photos make a detector detect, so an end-to-end model (NMS in the graph) is compared on
+    actual detections, where uniform noise detects nothing. The photos are the built-in
+    calibration set (:mod:`calib.builtin`), preprocessed as the model's metadata says. Seeded
+    uniform [0,1) noise of the model's input size is used where scikit-image (which ships the
+    photos) is missing, or the model does not take one image.
+
+    Args:
+        session: An ONNX Runtime session of the reference model (for input names, shapes, types).
+        meta: The model's metadata (``preprocess``).
+        seed: Seed of the photo sample, or of the noise.
+        batch: Batch size for a dynamic batch dimension (default 2; a static one is kept).
+
+    Returns:
+        (input name -> array, ``"photos"`` or ``"random"``).
+    """
+    import numpy as np
+
+    from calib import data
+    from convert import onnxutil
+    from convert.errors import BackendMissing
+
+    inputs = session.get_inputs()
+    pp = meta.get("preprocess")
+    if len(inputs) == 1 and pp and len(inputs[0].shape) == 4:
+        n = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else batch or 2
+        dtype = np.float16 if "float16" in inputs[0].type else np.float32
+        try:
+            photos = data.CalibrationSet(data.resolve_source(None), n, seed)
+            x = next(data.batches(photos.samples(), pp, n))
+        except BackendMissing:
+            x = None
+        if x is not None and len(x) == n:
+            return {inputs[0].name: x.astype(dtype)}, "photos"
+    size = (pp or {}).get("size")
+    return onnxutil.random_feed(session, seed=seed, batch=batch or 1, size=tuple(size) if size else None), "random"
+
+
+def drop_duplicate_nodes(graph) -> None:
+    """Removes nodes that repeat an earlier node byte for byte, and repeated value_info entries."""
+    seen: set[bytes] = set()
+    nodes = []
+    for n in graph.node:
+        key = n.SerializeToString(deterministic=True)
+        if key not in seen:
+            seen.add(key)
+            nodes.append(n)
+    infos, names = [], set()
+    for v in graph.value_info:
+        if v.name not in names:
+            names.add(v.name)
+            infos.append(v)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def toposort(graph) -> None:

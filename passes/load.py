@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from typing import Any, Literal
@@ -144,6 +143,8 @@ class Load(Pass):
     def _load_onnx(self, out) -> PassResult:
         import onnx
 
+        from convert.onnxutil import read_metadata
+
         c: LoadConfig = self.config
         try:
             model = onnx.load(str(c.weights))
@@ -153,12 +154,11 @@ class Load(Pass):
                                f"{str(e).splitlines()[0] if str(e) else ''}",
                                hint="re-export it, or check it with `python -m onnx.checker`.") from None
         shutil.copyfile(c.weights, out / "model.onnx")
-        props = {p.key: p.value for p in model.metadata_props}
-        recorded = {k: json.loads(props[k]) for k in ("head", "names", "preprocess") if k in props}
+        recorded = read_metadata(model)
         inp = model.graph.input[0]
         shape = [d.dim_value or d.dim_param or -1 for d in inp.type.tensor_type.shape.dim]
-        meta = {"truncated": props.get("truncated") == "true", "end2end": props.get("end2end") == "true",
-                "precision": props.get("precision", "fp32"),
+        meta = {"truncated": bool(recorded.get("truncated")), "end2end": bool(recorded.get("end2end")),
+                "precision": recorded.get("precision", "fp32"),
                 "head": recorded.get("head"), "names": recorded.get("names", c.names or []),
                 "preprocess": recorded.get("preprocess") or {**DEFAULT_PREPROCESS,
                                                              **c.preprocess.model_dump(mode="json"),

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 from convert import onnxutil
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
-from passes.fp16 import FP16, FP16Config, toposort
+from passes.fp16 import FP16, FP16Config, check_feed, toposort
 
 META = {"precision": "fp32", "names": ["a", "b"], "preprocess": {"size": [32, 32]},
         "input": {"name": "images", "shape": ["batch", 3, 32, 32]}, "outputs": ["maps"]}
@@ -99,14 +99,26 @@ def test_converts_weights_keeps_float_io_and_resize_scales(tmp_path, tiny):
     props = {p.key: p.value for p in model.metadata_props}
     assert props["precision"] == '"fp16"'
 
-    # The summary's figure is the real FP32-vs-FP16 difference on the seeded check input.
-    x = onnxutil.random_feed(onnxutil.ort_session(tiny), seed=0, size=(32, 32))
+    # The summary's figure is the real FP32-vs-FP16 difference on the check input.
+    x, kind = check_feed(onnxutil.ort_session(tiny), META)
+    assert res.summary["check"] == kind
     ref = onnxutil.ort_session(tiny).run(None, x)[0]
     got = onnxutil.ort_session(path).run(None, x)[0]
     diff = float(np.abs(ref - got).max())
     assert res.summary["max_abs_diff"] == pytest.approx(diff)
     assert 0 < diff < 1e-2
     assert res.gate_failures == []
+
+
+def test_check_feed_uses_photos_else_noise(tiny):
+    sess = onnxutil.ort_session(tiny)
+    noise, kind = check_feed(sess, {})  # no preprocessing recorded: noise of the declared size
+    assert kind == "random" and noise["images"].shape == (1, 3, 32, 32)
+    pytest.importorskip("skimage", reason="the built-in photos come with scikit-image")
+    feed, kind = check_feed(sess, META, batch=3)
+    x = feed["images"]
+    assert kind == "photos" and x.shape == (3, 3, 32, 32) and x.dtype == np.float32
+    assert 0 <= x.min() and x.max() <= 1 and not np.allclose(x[0], x[1])
 
 
 def test_float16_io(tmp_path, tiny):
@@ -138,6 +150,38 @@ def test_nms_stays_fp32_and_selects_the_same_boxes(tmp_path):
     assert res.summary["fp32_nodes"] == 1
 
 
+def test_tensorrt_nms_plugin_stays_fp32_and_the_check_is_skipped(tmp_path):
+    """EfficientNMS_TRT (TensorRT's plugin) cannot run under ONNX Runtime: converted, not checked."""
+    nodes = [helper.make_node("Mul", ["boxes_in", "k"], ["boxes"], name="scale_boxes"),
+             helper.make_node("EfficientNMS_TRT", ["boxes", "scores"], ["num_dets", "det_boxes", "det_scores",
+                                                                          "det_classes"],
+                              name="nms", domain="trt.plugins", max_output_boxes=10, score_threshold=0.25,
+                              iou_threshold=0.45, background_class=-1, score_activation=0, box_coding=0)]
+    graph = helper.make_graph(
+        nodes, "plugin",
+        [helper.make_tensor_value_info("boxes_in", TensorProto.FLOAT, [1, 8, 4]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [1, 8, 2])],
+        [helper.make_tensor_value_info("num_dets", TensorProto.INT32, [1, 1]),
+         helper.make_tensor_value_info("det_boxes", TensorProto.FLOAT, [1, 10, 4]),
+         helper.make_tensor_value_info("det_scores", TensorProto.FLOAT, [1, 10]),
+         helper.make_tensor_value_info("det_classes", TensorProto.INT32, [1, 10])],
+        [numpy_helper.from_array(np.array(2.0, np.float32), "k")])
+    src = tmp_path / "src" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(
+        "trt.plugins", 1)], ir_version=8), str(src))
+    res, path = run_fp16(tmp_path, src, meta={"precision": "fp32"}, max_abs_diff=1.0)
+    model = onnx.load(str(path))
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    nms = next(n for n in model.graph.node if n.op_type == "EfficientNMS_TRT")
+    cast = producers[nms.input[0]]  # the FP16 Mul's output goes back to FP32 before the plugin
+    assert cast.op_type == "Cast" and cast.attribute[0].i == TensorProto.FLOAT
+    assert inits["k"] == TensorProto.FLOAT16
+    assert res.summary["check"].startswith("skipped") and "max_abs_diff" not in res.summary
+    assert res.gate_failures == ["max_abs_diff cannot be checked: ONNX Runtime cannot run the model"]
+
+
 def test_block_ops_and_nodes(tmp_path, tiny):
     _, path = run_fp16(tmp_path, tiny, block_ops=["Sigmoid"], block_nodes=["conv3"])
     model = onnx.load(str(path))
@@ -146,6 +190,31 @@ def test_block_ops_and_nodes(tmp_path, tiny):
     assert types[by_name["sig1"].input[0]] == TensorProto.FLOAT
     assert types[by_name["conv1"].input[1]] == TensorProto.FLOAT16
     assert types[by_name["conv3"].input[1]] == TensorProto.FLOAT
+
+
+def test_shared_fp32_inputs_give_one_cast(tmp_path):
+    """Two Resize nodes share their scales and two blocked nodes share an input (as in a simplified YOLOv5)."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Resize", ["r", "", "scales"], ["u1"], name="up1", mode="nearest"),
+             helper.make_node("Resize", ["r", "", "scales"], ["u2"], name="up2", mode="nearest"),
+             helper.make_node("Sigmoid", ["r"], ["s1"], name="sig1"),
+             helper.make_node("Sigmoid", ["r"], ["s2"], name="sig2"),
+             helper.make_node("Add", ["u1", "u2"], ["y"], name="add"),
+             helper.make_node("Add", ["s1", "s2"], ["z"], name="add2")]
+    graph = helper.make_graph(
+        nodes, "shared", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 8, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")])
+    src = tmp_path / "src" / "model.onnx"
+    src.parent.mkdir()
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(src))
+    res, path = run_fp16(tmp_path, src, meta={"precision": "fp32"}, block_ops=["Sigmoid"])
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    casts = [n for n in model.graph.node if n.op_type == "Cast"]
+    assert len({o for n in casts for o in n.output}) == len(casts)
+    assert res.summary["max_abs_diff"] < 1e-2
 
 
 def test_unknown_block_node_is_a_user_error(tmp_path, tiny):

@@ -1,0 +1,199 @@
+"""``openvino``: an ONNX model to an OpenVINO IR (``model.xml`` + ``model.bin``), checked against ONNX Runtime.
+
+Precision follows the input and the parameters:
+
+* an FP32 ONNX gives an FP32 IR, or an FP16 one with ``compress_to_fp16`` (weights stored as
+  FP16; the device decides the compute precision);
+* an INT8 ONNX with Q/DQ nodes (the ``quantize`` pass) gives an INT8 IR: OpenVINO turns the
+  Q/DQ pairs into FakeQuantize and runs INT8 kernels;
+* ``quantize: nncf`` quantizes an FP32 model with NNCF's post-training quantization instead,
+  calibrated on the same images the ``calibrate`` pass reads (:mod:`calib.data`), so the two
+  INT8 routes can be compared on equal data.
+
+The artifact's metadata (class names, preprocessing, head...) is also written into the IR's
+``rt_info`` under ``convert``, one JSON string per key, so an application holding only the IR
+knows how to feed it and decode it::
+
+    json.loads(core.read_model("model.xml").get_rt_info(["convert", "preprocess"]).astype(str))
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from convert.base import Input, InputPath, Pass, PassConfig, PassResult
+from convert.errors import ConvertError, PassError
+
+RT_INFO_SECTION = "convert"
+RT_INFO_KEYS = ("names", "preprocess", "head", "precision", "end2end", "truncated", "input", "outputs")
+"""Metadata keys copied into the IR's rt_info (those present in the artifact's meta)."""
+
+
+class OpenVINOConfig(PassConfig):
+    compress_to_fp16: bool = Field(False, description="store float weights as FP16 (openvino.save_model's "
+                                   "compress_to_fp16); the IR's precision is then fp16 unless it is INT8")
+    quantize: Literal["none", "nncf"] = Field("none", description="nncf: quantize the FP32 model to INT8 with "
+                                              "nncf.quantize (an alternative to the Q/DQ ONNX of the quantize pass)")
+    preset: Literal["mixed", "performance"] = Field("mixed", description="NNCF preset: mixed (symmetric weights, "
+                                                    "asymmetric activations) or performance (all symmetric)")
+    subset_size: int = Field(300, ge=1, description="NNCF: number of calibration images")
+    fast_bias_correction: bool = Field(True, description="NNCF: the fast bias correction (false: the slower, "
+                                       "more accurate one)")
+    ignored_types: list[str] = Field(default_factory=list, description="NNCF: OpenVINO op types left in float "
+                                     "(e.g. [Sigmoid, Multiply] to keep a decoding head exact)")
+    ignored_patterns: list[str] = Field(default_factory=list, description="NNCF: regular expressions of node names "
+                                        "left in float")
+    calib_data: InputPath | None = Field(None, description="NNCF calibration images, as the calibrate pass reads "
+                                         "them: a folder, list file, YOLO dataset (dir or YAML) or COCO JSON; null: "
+                                         "the built-in sample photos")
+    calib_source: Literal["auto", "folder", "list", "yolo", "coco", "builtin"] = Field(
+        "auto", description="NNCF: kind of calib_data (auto: guessed from the path)")
+    calib_split: str = Field("train", min_length=1, description="NNCF: split of a YOLO dataset")
+    calib_images: InputPath | None = Field(None, description="NNCF: image folder of a COCO annotation file")
+    calib_seed: int = Field(0, description="NNCF: seed of the calibration image sample")
+    max_abs_diff: float | None = Field(None, gt=0, description="gate: fail the run when an IR output differs from "
+                                       "the ONNX model's (ONNX Runtime) by more than this on the check input")
+    seed: int = Field(0, description="seed of the check input (sample photos, else uniform noise)")
+
+    @model_validator(mode="after")
+    def _calibration_source(self):
+        # Resolve the images now so that a wrong path fails `convert validate`, not the run.
+        from calib.data import resolve_source
+
+        if self.quantize == "nncf":
+            try:
+                resolve_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images)
+            except ConvertError as e:
+                raise ValueError(f"calib_data: {e.message}{' ' + e.hint if e.hint else ''}") from None
+        return self
+
+
+class OpenVINO(Pass):
+    """Convert ONNX to an OpenVINO IR (FP32, FP16 weights, INT8 from Q/DQ or NNCF), checked against ONNX Runtime."""
+
+    name = "openvino"
+    version = 1
+    Config = OpenVINOConfig
+    inputs = {"model": Input(("onnx",), doc="the ONNX model (FP32, FP16, or INT8 with Q/DQ nodes)")}
+    output = "openvino"
+    tools = ("openvino", "nncf")
+    requires = ("openvino",)
+
+    def run(self, inputs, out, ctx) -> PassResult:
+        import openvino as ov
+
+        c: OpenVINOConfig = self.config
+        art = inputs["model"]
+        src_precision = art.meta.get("precision", "fp32")
+        if c.quantize == "nncf" and src_precision != "fp32":
+            raise PassError(f"stages.{ctx.stage}.with.quantize: nncf quantizes an FP32 model, the input is "
+                            f"{src_precision}.", hint="feed the FP32 ONNX (e.g. the simplify stage), or set quantize: "
+                            "none to convert this model as it is.")
+        model = ov.convert_model(str(art.file))
+        if c.quantize == "nncf":
+            model, calib_record = self._nncf(model, art, ctx)
+            precision = "int8"
+        else:
+            calib_record = None
+            precision = "fp16" if c.compress_to_fp16 and src_precision == "fp32" else src_precision
+        meta = {**art.meta, "precision": precision}
+        if precision == "int8":
+            meta["int8_from"] = "nncf" if c.quantize == "nncf" else "qdq"
+        write_rt_info(model, meta)
+        ov.save_model(model, str(out / "model.xml"), compress_to_fp16=c.compress_to_fp16)
+
+        diffs, kind = check_against_onnx(out / "model.xml", art.file, art.meta, c.seed)
+        diff = max(diffs.values(), default=0.0)
+        summary = {"precision": precision, "check": kind, "max_abs_diff": diff, "diff": diffs,
+                   "bytes": (out / "model.xml").stat().st_size + (out / "model.bin").stat().st_size}
+        if calib_record is not None:
+            # Which images NNCF saw, to compare with the calibrate stage's table.
+            (out / "calibration.json").write_text(json.dumps(calib_record, indent=1, sort_keys=True) + "\n")
+            summary["calib_images"] = calib_record["num_samples"]
+            summary["calib_digest"] = calib_record["digest"]
+        gates = []
+        if c.max_abs_diff is not None and diff > c.max_abs_diff:
+            worst = max(diffs, key=diffs.get)
+            gates.append(f"IR output {worst!r} differs from the ONNX model's by {diff:.4g} > max_abs_diff "
+                         f"{c.max_abs_diff:g}")
+        return PassResult("openvino", "model.xml", meta, summary, gate_failures=gates)
+
+    def _nncf(self, model, art, ctx):
+        """Quantizes ``model`` with NNCF on the configured calibration images.
+
+        Returns:
+            (quantized model, record of the calibration set: source, digest, files used).
+        """
+        import contextlib
+        import io
+        import sys
+
+        import nncf
+
+        from calib import data
+
+        c: OpenVINOConfig = self.config
+        # One image per batch: NNCF's subset_size counts dataset items, and a batch of one fits
+        # static and dynamic batch dimensions alike.
+        pp = data.resolve_preprocess(art.meta.get("preprocess"), None, data.model_input(art.file), 1)
+        source = data.resolve_source(c.calib_data, c.calib_source, c.calib_split, c.calib_images)
+        calib = data.CalibrationSet(source, c.subset_size, c.calib_seed)
+        items = list(ctx.bar(data.batches(calib.samples(), pp, 1), total=calib.expected, desc="calibration images"))
+        ignored = None
+        if c.ignored_types or c.ignored_patterns:
+            # validate=False: a pattern matching nothing is not an error (heads differ between models).
+            ignored = nncf.IgnoredScope(types=list(c.ignored_types), patterns=list(c.ignored_patterns),
+                                        validate=False)
+        # NNCF draws its progress bars on stdout, where `convert run --json` prints its report:
+        # send them to stderr with the other progress bars, or nowhere.
+        with contextlib.redirect_stdout(sys.stderr if ctx.progress else io.StringIO()):
+            quantized = nncf.quantize(model, nncf.Dataset(items), preset=nncf.QuantizationPreset(c.preset),
+                                      subset_size=len(items), fast_bias_correction=c.fast_bias_correction,
+                                      ignored_scope=ignored)
+        return quantized, calib.record()
+
+
+def write_rt_info(model, meta: dict) -> None:
+    """Writes the metadata keys of :data:`RT_INFO_KEYS` into ``model``'s rt_info as JSON strings."""
+    for key in RT_INFO_KEYS:
+        if key in meta:
+            model.set_rt_info(json.dumps(meta[key], sort_keys=True), [RT_INFO_SECTION, key])
+
+
+def read_rt_info(model) -> dict:
+    """The metadata written by :func:`write_rt_info` (keys absent from the IR are left out)."""
+    return {key: json.loads(model.get_rt_info([RT_INFO_SECTION, key]).astype(str))
+            for key in RT_INFO_KEYS if model.has_rt_info([RT_INFO_SECTION, key])}
+
+
+def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str, float], str]:
+    """Max abs difference per float output between the IR (OpenVINO, CPU, f32) and the ONNX model (ONNX Runtime).
+
+    Both run on the check input of :func:`passes.fp16.check_feed` (sample photos, else noise).
+    OpenVINO runs with its inference precision pinned to f32 (see
+    :class:`convert.runtime.OpenVINORunner`), so an FP32 IR matches to float rounding.
+
+    Returns:
+        (output name -> difference, the kind of check input).
+    """
+    import numpy as np
+
+    from convert import onnxutil
+    from convert.runtime import OpenVINORunner
+    from passes.fp16 import check_feed
+
+    ref_sess = onnxutil.ort_session(onnx_path)
+    feed, kind = check_feed(ref_sess, meta, seed)
+    names = [o.name for o in ref_sess.get_outputs()]
+    ref = dict(zip(names, ref_sess.run(names, feed)))
+    with OpenVINORunner(xml) as runner:
+        got = runner.infer(feed, check_inputs=False)
+    missing = [n for n in names if n not in got]
+    if missing:
+        raise PassError(f"the IR has no output named {missing[0]!r} (outputs: {', '.join(got)}).",
+                        hint="report the model: OpenVINO renamed an output during conversion.")
+    return {n: onnxutil.max_abs_diff([ref[n]], [got[n]]) for n in names
+            if np.issubdtype(ref[n].dtype, np.floating)}, kind
