@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-META_KEYS = ("names", "head", "preprocess", "truncated", "end2end", "precision")
+META_KEYS = ("names", "head", "preprocess", "truncated", "end2end", "precision", "postprocess")
 
 
 def set_metadata(model, meta: dict[str, Any]) -> None:

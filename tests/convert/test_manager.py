@@ -17,7 +17,7 @@ import toy_passes  # noqa: F401
 from convert.errors import ConvertError
 from convert.manager import Manager, key_material, lockfile_path, verify_version
 from convert.spec import load_spec
-from convert.store import Store, sha256_json
+from convert.store import Store
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 

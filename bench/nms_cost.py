@@ -1,0 +1,142 @@
+"""What does in-graph decode + NMS cost? Milliseconds per image, ONNX Runtime and OpenVINO.
+
+Builds the truncated-head ONNX model of ``pipelines/yolov5n_end2end.yaml`` (stages up to
+``simplify``), appends decode + ONNX NMS (:func:`convert.graph.end2end.make_end2end`) with
+``K = 100`` and ``K = 300`` detections, and times every model on real images (interleaved,
+median of ``--repeats`` runs per image, mean over images). The cost of post-processing is
+the end-to-end model's time minus the truncated model's, per image. For comparison, the
+host-side numpy post-processing of the truncated model's outputs is timed too.
+
+Two score thresholds are measured: 0.25 (deployment) and 0.001 (mAP evaluation, many more
+candidates reach NMS).
+
+    python bench/nms_cost.py --weights ../shared/fixtures/weights/yolov5n.pt \\
+        --images ../shared/fixtures/datasets/coco128/images/train2017 --max-images 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from convert import postprocess as pp  # noqa: E402
+from convert.base import Artifact  # noqa: E402
+from convert.manager import Manager, open_artifact  # noqa: E402
+from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
+from convert.runtime import cpu_info, infer, load_runner  # noqa: E402
+from convert.spec import load_spec  # noqa: E402
+from convert.store import Store  # noqa: E402
+
+
+def truncated_model(args, work: Path) -> Artifact:
+    """The simplified truncated-head ONNX artifact of the pipeline."""
+    spec_path = work / "yolov5n_end2end.yaml"  # a copy: the manager writes its lockfile beside the spec
+    spec_path.write_text((REPO / "pipelines" / "yolov5n_end2end.yaml").read_text())
+    weights = "null" if args.weights is None else str(Path(args.weights).resolve())
+    overrides = [f"model.weights={weights}", f"model.input_size=[{args.size},{args.size}]"]
+    if args.arch:
+        overrides.append(f"stages.load.with.arch={args.arch}")
+    report = Manager(load_spec(spec_path, overrides), Store(work / "store"), work / "artifacts",
+                     progress=False).run(until="simplify")
+    digest = {s.name: s.digest for s in report.stages}["simplify"]
+    return open_artifact(Store(work / "store").object_path(digest))
+
+
+def end2end(trunc: Artifact, settings: pp.NMSSettings, folder: Path) -> Artifact:
+    import onnx
+
+    from convert.graph.end2end import make_end2end
+
+    folder.mkdir(parents=True)
+    model = make_end2end(onnx.load(str(trunc.file)), trunc.meta["head"], settings)
+    onnx.save(model, str(folder / "model.onnx"))
+    meta = {**trunc.meta, "truncated": False, "end2end": True, "outputs": [o.name for o in model.graph.output]}
+    return Artifact("onnx", folder, "model.onnx", meta, folder.name)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--weights", help="YOLOv5 checkpoint (.pt); without it, --arch with random weights")
+    ap.add_argument("--arch", help="built-in architecture when no checkpoint is given")
+    ap.add_argument("--images", required=True, help="folder of images")
+    ap.add_argument("--size", type=int, default=640, help="network input size (square)")
+    ap.add_argument("--max-images", type=int, default=16, help="images timed")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per image and model (median)")
+    ap.add_argument("--threads", type=int, default=1, help="threads of each runtime")
+    ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold")
+    args = ap.parse_args()
+    if args.weights is None and args.arch is None:
+        ap.error("give --weights or --arch")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        trunc = truncated_model(args, work)
+        head = trunc.meta["head"]
+        configs = [(score, k) for score in (0.25, 0.001) for k in (100, 300)]
+        models = {"truncated (no NMS)": trunc}
+        settings = {}
+        for score, k in configs:
+            name = f"e2e score>{score} K={k}"
+            settings[name] = pp.NMSSettings(score, args.iou, k)
+            models[name] = end2end(trunc, settings[name], work / f"e2e_{score}_{k}")
+        images = list_images(args.images)[:args.max_images]
+        inputs = [preprocess(load_image(p), trunc.meta["preprocess"])[0] for p in images]
+        times = {(m, be): [] for m in models for be in ("onnxruntime", "openvino")}
+        host = {name: [] for name in settings}
+        dets = {name: 0 for name in settings}
+        for backend in ("onnxruntime", "openvino"):
+            runners = {m: load_runner(art, backend=backend, threads=args.threads) for m, art in models.items()}
+            for r in runners.values():
+                r.activate()
+            try:
+                for x in inputs:
+                    for r in runners.values():  # warm-up, and the first run's allocations
+                        infer(r, x)
+                    per = {m: [] for m in models}
+                    for _ in range(args.repeats):
+                        for m, r in runners.items():
+                            out = infer(r, x)
+                            per[m].append(r.last_inference_time() * 1e3)
+                            if backend == "onnxruntime" and m in settings and len(per[m]) == 1:
+                                dets[m] += int(out["num_dets"][0, 0])
+                    for m in models:
+                        times[m, backend].append(statistics.median(per[m]))
+                    if backend == "onnxruntime":
+                        maps = infer(runners["truncated (no NMS)"], x)
+                        for name, s in settings.items():
+                            runs = []
+                            for _ in range(args.repeats):
+                                t0 = time.perf_counter()
+                                pp.postprocess([maps[n] for n in head["outputs"]], head, s)
+                                runs.append((time.perf_counter() - t0) * 1e3)
+                            host[name].append(statistics.median(runs))
+            finally:
+                for r in runners.values():
+                    r.deactivate()
+
+    cpu = cpu_info()
+    print(f"{len(images)} images, {args.size}x{args.size}, {args.threads} thread(s), median of {args.repeats} runs "
+          f"per image; CPU: {cpu.get('model', '?')}; IoU {args.iou}")
+    base = {be: np.asarray(times["truncated (no NMS)", be]) for be in ("onnxruntime", "openvino")}
+    print(f"{'model':<24} {'dets/img':>8} {'ORT ms':>8} {'+NMS':>7} {'OV ms':>8} {'+NMS':>7} {'host numpy ms':>14}")
+    for m in models:
+        ort, ov = np.asarray(times[m, "onnxruntime"]), np.asarray(times[m, "openvino"])
+        extra = m in settings
+        print(f"{m:<24} {dets[m] / len(images) if extra else float('nan'):>8.1f} {ort.mean():>8.2f} "
+              f"{(ort - base['onnxruntime']).mean() if extra else 0:>+7.2f} {ov.mean():>8.2f} "
+              f"{(ov - base['openvino']).mean() if extra else 0:>+7.2f} "
+              f"{np.mean(host[m]) if extra else float('nan'):>14.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
