@@ -191,6 +191,28 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Write a version's report (Markdown + self-contained HTML), or compare two versions.
+
+    `convert report NAME[/VERSION]` renders the report from the published manifest and metrics
+    (with per-pass timings and cache hits) into the version directory, or into --output.
+    `convert report A B` writes a side-by-side comparison of two versions into --output
+    (default: the current directory) and prints its Markdown.
+    """
+    from convert.report import load_version, write_comparison, write_report
+
+    if len(args.targets) > 2:
+        raise ConvertError(f"`convert report` takes one version, or two to compare; got {len(args.targets)}.")
+    paths = [_version_path(argparse.Namespace(**{**vars(args), "target": t})) for t in args.targets]
+    if len(paths) == 1:
+        md, page = write_report(load_version(paths[0]), Path(args.output) if args.output else paths[0])
+    else:
+        md, page = write_comparison(load_version(paths[0]), load_version(paths[1]), Path(args.output or "."))
+        print(md.read_text())
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -232,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in (("show", cmd_show), ("verify", cmd_verify)):
         sp = add(name, fn)
         sp.add_argument("target", help="NAME (its latest), NAME/VERSION, or a version directory")
+    sp = add("report", cmd_report)
+    sp.add_argument("targets", nargs="+", metavar="TARGET",
+                    help="NAME (its latest), NAME/VERSION or a version directory; two to compare")
+    sp.add_argument("--output", "-o", metavar="DIR", help="where to write (default: the version directory; "
+                    "for a comparison, the current directory)")
     sp = add("gc", cmd_gc)
     sp.add_argument("--all", action="store_true", help="also remove objects that published versions use")
     return p

@@ -298,60 +298,79 @@ def load_dataset(images: str | Path, names: list[str], labels: str | Path | None
 # --- predictions -----------------------------------------------------------------------------
 
 
-@dataclass
-class Detections:
-    """Detections of one image in original pixels.
-
-    Attributes:
-        boxes: [K, 4] x1, y1, x2, y2.
-        scores: [K].
-        classes: [K] model class indices.
-        keypoints: [K, nk, 3] (x, y, conf), or None for detection models.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-    keypoints: np.ndarray | None = None
-
-
 def end2end_outputs(outputs: dict[str, np.ndarray], meta: dict[str, Any], conf: float, iou: float,
-                    max_det: int) -> dict[str, np.ndarray]:
+                    max_det: int, class_agnostic: bool = False, pre_top_k: int | None = None
+                    ) -> dict[str, np.ndarray]:
     """A model's outputs in the end-to-end layout (``num_dets``, ``boxes``, ``scores``, ``classes``
     [, ``keypoints``]; network pixels).
 
-    End-to-end models' outputs are returned as they are (their own thresholds apply); decoded
-    or raw (truncated) outputs are decoded and suppressed on the host with
-    :func:`convert.postprocess.postprocess` with ``conf``, ``iou`` and ``max_det``.
+    End-to-end models' outputs are returned as they are (their own thresholds apply). Raw
+    (truncated) and decoded outputs are post-processed on the host by :mod:`convert.postprocess`
+    (per-class NMS unless ``class_agnostic``, so a box may be kept for several classes, as YOLOv5's
+    validation does) with ``conf``, ``iou``, ``max_det`` and ``pre_top_k`` (see
+    :class:`convert.postprocess.NMSSettings`).
+
+    Raises:
+        ConvertError: The outputs do not match the model's metadata.
     """
+    from convert import postprocess as pp
+
     if meta.get("end2end"):
-        missing = [k for k in ("num_dets", "boxes", "scores", "classes") if k not in outputs]
+        return pp.Detections.from_outputs(outputs).outputs()
+    head = meta.get("head")
+    pp.head_type(head)  # raises a clear error for a model without (supported) head metadata
+    settings = pp.NMSSettings(score_threshold=conf, iou_threshold=iou, max_detections=max_det,
+                              pre_top_k=pre_top_k, class_agnostic=class_agnostic)
+    if meta.get("truncated"):
+        names = head.get("outputs") or list(outputs)
+        missing = [n for n in names if n not in outputs]
         if missing:
-            raise ConvertError(f"the model is marked end2end but has no output {missing[0]!r} "
-                               f"(outputs: {', '.join(outputs)}).")
-        return outputs
-    from convert.postprocess import postprocess
+            raise ConvertError(f"the truncated model has no output {missing[0]!r} (outputs: {', '.join(outputs)}).")
+        return pp.postprocess([outputs[n] for n in names], head, settings).outputs()
+    if len(outputs) != 1:
+        raise ConvertError(f"a decoded model has one output, this one has {len(outputs)} ({', '.join(outputs)}).",
+                           hint="mark truncated models as such (truncate_head) or add NMS (postprocess).")
+    return pp.select(decoded_candidates(next(iter(outputs.values())), head), settings).outputs()
 
-    return postprocess(outputs, meta, conf=conf, iou=iou, max_det=max_det)
+
+def decoded_candidates(decoded: np.ndarray, head: dict[str, Any]):
+    """Candidates (:class:`convert.postprocess.Candidates`) from a decoded YOLOv5-family output.
+
+    Args:
+        decoded: ``[B, N, 5+nc+3*nk]``: cx, cy, w, h (input pixels), objectness, class scores,
+            then ``nk`` times (x, y, visibility), all activated (the model's decoded forward).
+        head: The head metadata (``nc``, ``nk``).
+    """
+    from convert.postprocess import Candidates
+
+    nc, nk = int(head["nc"]), int(head.get("nk") or 0)
+    d = np.asarray(decoded, dtype=np.float32)
+    if d.shape[-1] != 5 + nc + 3 * nk:
+        raise ConvertError(f"decoded output has {d.shape[-1]} columns, the head says 5+nc+3*nk = {5 + nc + 3 * nk}.")
+    half = d[..., 2:4] / 2
+    boxes = np.concatenate([d[..., 0:2] - half, d[..., 0:2] + half], -1)
+    kpts = d[..., 5 + nc:].reshape(*d.shape[:2], nk, 3) if nk else None
+    return Candidates(boxes, d[..., 4:5] * d[..., 5:5 + nc], kpts)
 
 
-def to_detections(e2e: dict[str, np.ndarray], index: int, transform, conf: float = 0.0) -> Detections:
-    """Image ``index`` of an end-to-end batch, mapped to original pixels, scores >= ``conf`` kept."""
-    n = int(np.asarray(e2e["num_dets"]).reshape(-1)[index])
-    scores = np.asarray(e2e["scores"][index][:n], dtype=np.float32)
-    keep = scores >= conf
-    boxes = transform.boxes_to_original(np.asarray(e2e["boxes"][index][:n], dtype=np.float32)[keep])
-    kpts = None
-    if "keypoints" in e2e:
-        k = np.array(e2e["keypoints"][index][:n], dtype=np.float32)[keep]
-        k[..., :2] = transform.points_to_original(k[..., :2])
-        kpts = k
-    return Detections(boxes, scores[keep], np.asarray(e2e["classes"][index][:n]).astype(np.int64)[keep], kpts)
+def image_detections(e2e: dict[str, np.ndarray], index: int, transform, conf: float = 0.0):
+    """Image ``index`` of an end-to-end batch in original pixels, scores >= ``conf`` kept.
+
+    Returns:
+        :class:`convert.postprocess.ImageDetections`.
+    """
+    from convert.postprocess import Detections
+
+    det = Detections.from_outputs(e2e).image(index)
+    keep = np.asarray(det.scores) >= conf
+    det = replace(det, boxes=det.boxes[keep], scores=det.scores[keep], classes=det.classes[keep],
+                  keypoints=None if det.keypoints is None else det.keypoints[keep])
+    return det.to_original(transform)
 
 
 def predict(runner, dataset: Dataset, meta: dict[str, Any], conf: float = YOLO_VAL_DEFAULTS["conf"],
             iou: float = YOLO_VAL_DEFAULTS["iou"], max_det: int = YOLO_VAL_DEFAULTS["max_det"],
-            bar: Callable | None = None) -> list[Detections]:
+            bar: Callable | None = None) -> list:
     """Runs a model on every image of a dataset.
 
     Args:
@@ -364,7 +383,7 @@ def predict(runner, dataset: Dataset, meta: dict[str, Any], conf: float = YOLO_V
         bar: Progress bar factory like :meth:`convert.base.RunContext.bar`.
 
     Returns:
-        One :class:`Detections` per image, in original pixels.
+        One :class:`convert.postprocess.ImageDetections` per image, in original pixels.
     """
     from convert.runtime import infer
 
@@ -374,12 +393,13 @@ def predict(runner, dataset: Dataset, meta: dict[str, Any], conf: float = YOLO_V
     for entry in images:
         x, tf = preprocess(load_image(entry.path), pp)
         e2e = end2end_outputs(infer(runner, x), meta, conf, iou, max_det)
-        out.append(to_detections(e2e, 0, tf, conf))
+        out.append(image_detections(e2e, 0, tf, conf))
     return out
 
 
-def coco_results(dataset: Dataset, detections: list[Detections]) -> list[dict[str, Any]]:
-    """Detections as COCO results (``bbox`` in x, y, w, h; ``keypoints`` with conf as the third value)."""
+def coco_results(dataset: Dataset, detections: list) -> list[dict[str, Any]]:
+    """Per-image detections (:class:`convert.postprocess.ImageDetections`, original pixels) as COCO
+    results: ``bbox`` in x, y, w, h; ``keypoints`` with the visibility score as third value."""
     results = []
     for entry, det in zip(dataset.images, detections):
         for j in range(len(det.scores)):
@@ -462,7 +482,7 @@ def _sigmas(nk: int, given: list[float] | None) -> list[float]:
     return COCO_KPT_SIGMAS if nk == 17 else [1.0 / nk] * nk
 
 
-def evaluate_detections(dataset: Dataset, detections: list[Detections],
+def evaluate_detections(dataset: Dataset, detections: list,
                         kpt_sigmas: list[float] | None = None) -> dict[str, Any]:
     """Box mAP (and keypoint mAP when the dataset has keypoints) of per-image detections.
 

@@ -8,6 +8,7 @@ anything is imported, so a fully cached run never loads torch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -206,16 +207,21 @@ class Manager:
             if not frozen:
                 atomic_write(lockfile_path(self.spec), self._lock_text(report))
         if gate_failures:
+            where = f"{report.published}/manifest.json" if report.published else "the stage summaries (--json)"
             raise GateFailed("accuracy gate failed: " + "; ".join(gate_failures),
-                             hint=f"the figures are in {report.published}/manifest.json; loosen the gate "
-                             "in the spec only if the drop is acceptable.")
+                             hint=f"the figures are in {where}; loosen the gate in the spec only if the drop "
+                             "is acceptable.")
         return report
 
     def _run_stage(self, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
-        skipped_inputs = [n for names in stage.inputs.values() for n in names if done[n].status == "skipped"]
-        if skipped_inputs:
-            return StageRecord(stage.name, stage.pass_name, "skipped", inputs=stage.inputs,
-                               reason=f"its input stage {skipped_inputs[0]!r} was skipped")
+        # A `many` role just loses its skipped members (a report without the TensorRT engine); a role
+        # left empty, or a single-artifact role whose stage was skipped, skips this stage too.
+        bound = {role: [n for n in names if done[n].status != "skipped"] for role, names in stage.inputs.items()}
+        for role, names in stage.inputs.items():
+            if not bound[role]:
+                return StageRecord(stage.name, stage.pass_name, "skipped", inputs=stage.inputs,
+                                   reason=f"its input stage {names[0]!r} was skipped")
+        stage = dataclasses.replace(stage, inputs=bound)
         t0 = time.perf_counter()
         rec = self._key(stage, done)
         entry = None if forced else self.store.lookup(rec.key)
@@ -244,7 +250,8 @@ class Manager:
         for role, names in stage.inputs.items():
             arts = [self.store.artifact(done[n].digest) for n in names]
             inputs[role] = arts if stage.pass_cls.inputs[role].many else arts[0]
-        before = [s.name for s in self.spec.stages[: self.spec.stages.index(stage)]]
+        names = [s.name for s in self.spec.stages]
+        before = names[: names.index(stage.name)]
         where = (f"stage {stage.name!r} (pass {stage.pass_name}) failed"
                  f"{' after ' + ', '.join(before) if before else ''}")
         with self.store.staging() as tmp:
@@ -339,6 +346,7 @@ class Manager:
                     link_tree(self.store.object_path(s.digest), tmp / s.name)
                 manifest = {
                     "spec": self.spec.name, "version": report.version, "spec_file": str(self.spec.path),
+                    "stage_order": [s.name for s in report.stages],
                     "resolved_spec": self.spec.resolved,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "host": {"hostname": socket.gethostname(), "platform": platform.platform(),

@@ -17,6 +17,7 @@ so that a latency is never quoted without the settings it was measured with).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
@@ -41,11 +42,7 @@ BACKENDS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt",),
     "torch": ("torch",),
 }
-"""Artifact kind -> back-ends able to run it; the first is the default."""
-
-MODEL_KINDS = tuple(BACKENDS)
-
-_MODULE_OF = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+"""Artifact kind -> back-ends able to run it (each named as its Python module); the first is the default."""
 
 
 def _quiet_polygraphy() -> None:
@@ -57,7 +54,7 @@ def _quiet_polygraphy() -> None:
 
 def backend_available(backend: str) -> bool:
     """Whether the Python module of ``backend`` is installed."""
-    return importlib.util.find_spec(_MODULE_OF[backend]) is not None
+    return importlib.util.find_spec(backend) is not None
 
 
 def resolve_backend(artifact: Artifact, backend: str | None = None) -> str:
@@ -113,7 +110,7 @@ def load_runner(artifact: Artifact, backend: str | None = None, threads: int | N
     """
     backend = resolve_backend(artifact, backend)
     if not backend_available(backend):
-        raise BackendMissing(f"running a {artifact.kind!r} artifact needs {_MODULE_OF[backend]!r}, "
+        raise BackendMissing(f"running a {artifact.kind!r} artifact needs {backend!r}, "
                              "which is not installed.",
                              hint=f"install it, or leave the {backend} back-end out of this stage.")
     _quiet_polygraphy()
@@ -121,7 +118,7 @@ def load_runner(artifact: Artifact, backend: str | None = None, threads: int | N
     if backend == "onnxruntime":
         return OrtRunner(artifact.file, threads, name=label)
     if backend == "openvino":
-        return OpenVINORunner(artifact.file, threads, name=label)
+        return OpenVINORunner(artifact.file, threads, name=label, output_names=artifact.meta.get("outputs"))
     if backend == "tensorrt":
         return TensorRTRunner(artifact.file, name=label)
     return TorchRunner(artifact, threads, name=label)
@@ -157,11 +154,14 @@ class OrtRunner(OnnxrtRunner):
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # Idle intra-op threads would otherwise spin for a while after each run and steal the
+        # CPU from whichever runner is timed next (the benchmark keeps several sessions alive).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         super().__init__(lambda: ort.InferenceSession(str(path), opts, providers=providers), name=name)
         self.settings = {"intra_op_num_threads": threads or "default", "inter_op_num_threads": 1,
                          "execution_mode": "sequential", "graph_optimization_level": "all",
-                         "providers": providers, "onnxruntime": ort.__version__}
+                         "allow_spinning": False, "providers": providers, "onnxruntime": ort.__version__}
 
 
 class OpenVINORunner(BaseRunner):
@@ -175,15 +175,20 @@ class OpenVINORunner(BaseRunner):
         path: The ``.xml`` (with its ``.bin`` beside it) or ``.onnx`` file.
         threads: ``INFERENCE_NUM_THREADS`` (``None``: OpenVINO's default).
         name: Runner name.
+        output_names: The model's output names (``meta["outputs"]``). An OpenVINO output tensor
+            may carry several names (an FP16 model's output is also its final Cast's output);
+            the one listed here is used, so outputs are named as on the other back-ends.
     """
 
     backend = "openvino"
 
-    def __init__(self, path: Path, threads: int | None = None, name: str | None = None):
+    def __init__(self, path: Path, threads: int | None = None, name: str | None = None,
+                 output_names: list[str] | None = None):
         super().__init__(name=name, prefix="openvino-runner")
         import openvino as ov
 
         self._path = Path(path)
+        self._preferred = list(output_names or [])
         self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
                                         "NUM_STREAMS": 1}
         if threads:
@@ -197,7 +202,7 @@ class OpenVINORunner(BaseRunner):
 
         self.compiled = ov.Core().compile_model(str(self._path), "CPU", self._config)
         self.request = self.compiled.create_infer_request()
-        self.output_names = [_ov_name(o, f"output{i}") for i, o in enumerate(self.compiled.outputs)]
+        self.output_names = [_ov_name(o, f"output{i}", self._preferred) for i, o in enumerate(self.compiled.outputs)]
 
     def get_input_metadata_impl(self):
         items = []
@@ -218,8 +223,11 @@ class OpenVINORunner(BaseRunner):
         del self.request, self.compiled, self.output_names
 
 
-def _ov_name(port, default: str) -> str:
+def _ov_name(port, default: str, preferred: list[str] = ()) -> str:
     names = port.get_names()
+    for n in preferred:
+        if n in names:
+            return n
     return sorted(names)[0] if names else default
 
 
@@ -231,7 +239,7 @@ class TorchRunner(BaseRunner):
 
     Args:
         artifact: The ``torch`` artifact.
-        threads: ``torch.set_num_threads`` while active (``None``: torch's default).
+        threads: ``torch.set_num_threads`` for its inferences (``None``: torch's default).
         name: Runner name.
     """
 
@@ -243,23 +251,19 @@ class TorchRunner(BaseRunner):
 
         self._artifact = artifact
         self._threads = threads
+        _torch_default_threads()
         meta = artifact.meta
         size = (meta.get("preprocess") or {}).get("size", [640, 640])
         inp = meta.get("input") or {}
-        self._input = (inp.get("name", "images"), np.float32, inp.get("shape") or [1, 3, *size])
+        shape = list(inp.get("shape") or [1, 3, *size])
+        self._input = (inp.get("name", "images"), np.float32, [None, *shape[1:]])  # torch takes any batch
         self.output_names = list(meta.get("outputs") or (meta.get("head") or {}).get("outputs") or ["output0"])
         self.settings = {"num_threads": threads or "default", "device": "cpu", "torch": torch.__version__}
 
     def activate_impl(self):
-        import torch
-
         from convert.torchmodel import load_module
 
         self.model = load_module(self._artifact).float().eval()
-        # torch's thread count is process-wide: restore it so other runners are unaffected.
-        self._saved_threads = torch.get_num_threads()
-        if self._threads:
-            torch.set_num_threads(int(self._threads))
 
     def get_input_metadata_impl(self):
         return _metadata([self._input])
@@ -267,6 +271,11 @@ class TorchRunner(BaseRunner):
     def infer_impl(self, feed_dict):
         import torch
 
+        # torch's thread count is process-wide, and several runners may be alive at once (the
+        # benchmark interleaves them): each call sets its own.
+        want = self._threads or _torch_default_threads()
+        if torch.get_num_threads() != want:
+            torch.set_num_threads(want)
         x = torch.from_numpy(np.ascontiguousarray(feed_dict[self._input[0]]))
         start = time.perf_counter()
         with torch.inference_mode():
@@ -281,8 +290,16 @@ class TorchRunner(BaseRunner):
     def deactivate_impl(self):
         import torch
 
-        torch.set_num_threads(self._saved_threads)
-        del self.model, self._saved_threads
+        torch.set_num_threads(_torch_default_threads())
+        del self.model
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_default_threads() -> int:
+    """torch's thread count before any runner changed it (first called at runner creation)."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 class TensorRTRunner(TrtRunner):

@@ -118,6 +118,14 @@ def test_optional_stage_skipped_when_backend_missing(env, tmp_path):
     assert statuses(report)["after"] == "skipped"
     lock = json.loads(lockfile_path(load_spec("spec.yaml")).read_text())
     assert "surely_not_installed_module_xyz is not installed" in lock["stages"]["m"]["skipped"]
+    # a `many` role just loses the skipped member
+    (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC) + "  m: {pass: toy_missing, optional: true}\n"
+                                        "  j: {pass: toy_join, inputs: {parts: [u, m, v]}}\n")
+    report = env()
+    assert statuses(report)["j"] == "ran"
+    assert (report.published / "j" / "out.txt").read_text() == "AXYZ+AXYZAXYZ"
+    manifest = json.loads((report.published / "manifest.json").read_text())
+    assert manifest["stage_order"] == ["w", "u", "v", "m", "j"]
     (tmp_path / "spec.yaml").write_text(textwrap.dedent(SPEC) + "  m: {pass: toy_missing}\n")
     with pytest.raises(ConvertError, match=r"stage 'm' \(pass toy_missing\) needs the Python module "
                        r"'surely_not_installed_module_xyz'.*Hint: install it"):

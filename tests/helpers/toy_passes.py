@@ -69,3 +69,16 @@ class NeedsMissing(Pass):
     def run(self, inputs, out, ctx):  # never reached: the manager checks `requires` first
         raise AssertionError
 
+
+
+@register_pass
+class Join(Pass):
+    """Concatenates the texts of several inputs."""
+
+    name = "toy_join"
+    inputs = {"parts": Input(("text",), many=True)}
+    output = "text"
+
+    def run(self, inputs, out, ctx):
+        (out / "out.txt").write_text("+".join(a.file.read_text() for a in inputs["parts"]))
+        return PassResult("text", "out.txt")
