@@ -1,0 +1,417 @@
+"""``quantize``: a float ONNX body and its calibration table to an explicitly quantized (Q/DQ) ONNX.
+
+One Q/DQ ONNX, calibrated once, runs on ONNX Runtime, OpenVINO and TensorRT (which, from
+version 10.1, deprecates the implicit quantization of calibration caches). The graph is
+written by ONNX Runtime's QDQ quantizer (``quantize_static`` fed the table's ranges, so it never
+calibrates itself), with the placement TensorRT recommends and fuses:
+
+* Q/DQ on the inputs of the weighted ops only (``Conv``, ``ConvTranspose``, ``MatMul``,
+  ``Gemm``): their activations per tensor, their weights per output channel. A convolution's
+  output is not quantized, so convolution, activation (SiLU) and residual ``Add`` fuse into one
+  INT8 kernel whose output is quantized by the next layer's Q.
+* One Q/DQ pair per tensor, shared by all its consumers: a residual ``Add`` reads the same
+  dequantized tensor as the convolution next to it (TensorRT fuses the add into that
+  convolution), and a ``Concat`` gets one scale, at its output, which TensorRT propagates to
+  every input.
+* Biases stay float (TensorRT folds them; an INT32 bias tied to input x weight scales would
+  force weight-scale adjustments).
+* Activations are symmetric INT8 by default, what TensorRT requires; ``activation_type: uint8``
+  gives asymmetric activations for ONNX Runtime CPU and OpenVINO.
+
+Post-processing is never quantized: quantize the truncated network body and attach decoding
+and NMS afterwards (the postprocess pass). Nodes can be kept in float by name, glob pattern or
+type, and ``keep_head_float`` keeps the last convolutions before the outputs (the detection or
+pose head) in float.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from typing import Literal
+
+from pydantic import Field
+
+from convert.base import Input, Pass, PassConfig, PassResult
+from convert.errors import PassError
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+class QuantizeConfig(PassConfig):
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="int8: symmetric activations (TensorRT requires it); uint8: asymmetric activations "
+        "(ONNX Runtime CPU, OpenVINO), finer steps for one-sided tensors such as SiLU outputs")
+    per_channel: bool = Field(True, description="weights scaled per output channel (else per tensor)")
+    op_types: list[str] = Field(list(WEIGHTED_OPS), description="node types whose inputs are quantized")
+    exclude_nodes: list[str] = Field(default_factory=list, description="node names or glob patterns "
+                                     "(e.g. '/model.24/*') kept in float")
+    exclude_types: list[str] = Field(default_factory=list, description="node types kept in float")
+    keep_head_float: bool = Field(False, description="keep the last weighted nodes before the graph outputs "
+                                  "(the head convolutions) in float")
+    bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
+                                  "quantization causes, measured on the calibration images kept in the table")
+
+
+class Quantize(Pass):
+    """Write an explicitly quantized (Q/DQ) INT8 ONNX from a float ONNX body and its calibration table."""
+
+    name = "quantize"
+    version = 1
+    Config = QuantizeConfig
+    inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body that was calibrated"),
+              "table": Input(("calib_table",), doc="its calibration table (calibrate pass)")}
+    output = "onnx"
+    tools = ("onnx", "onnxruntime")
+    requires = ("onnx", "onnxruntime")
+
+    def run(self, inputs, out, ctx) -> PassResult:
+        import onnx
+
+        from convert import onnxutil
+
+        c: QuantizeConfig = self.config
+        art, table_art = inputs["model"], inputs["table"]
+        if art.meta.get("precision", "fp32") != "fp32":
+            raise PassError(f"the model is {art.meta['precision']}; quantization needs the float32 model.")
+        table = read_table(table_art.file)
+        model = onnx.load(str(art.file))
+        plan = plan_nodes(model, c, f"stages.{ctx.stage}.with")
+        ranges = table["ranges"]
+        needed = activation_inputs(model, plan.quantized)
+        missing = [t for t in needed if t not in ranges]
+        if missing:
+            raise PassError(f"the calibration table has no range for {len(missing)} tensor(s) the quantized nodes "
+                            f"read (first: {missing[0]!r}).",
+                            hint="calibrate this same model (the table's model digest must match), with op_types "
+                            "covering the quantized nodes.")
+        qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
+                              c.per_channel, c.op_types)
+        corrected: dict[str, float] = {}
+        if c.bias_correction:
+            if not table["samples"]:
+                raise PassError("bias correction needs the calibration images, and this table has none "
+                                f"(method {table['method']}).",
+                                hint=f"set stages.{ctx.stage}.with.bias_correction: false for an imported table.")
+            corrected = correct_biases(model, qmodel, self._batches(table_art, table), ctx)
+        meta = {**art.meta, "precision": "int8",
+                "quantization": {"format": "qdq", "activations": c.activation_type,
+                                 "symmetric_activations": c.activation_type == "int8",
+                                 "weights": "int8 per-channel" if c.per_channel else "int8 per-tensor",
+                                 "calibration": table["method"], "calibration_samples": table["num_samples"],
+                                 "bias_correction": bool(corrected), "float_nodes": plan.kept_float}}
+        onnxutil.set_metadata(qmodel, meta)
+        onnxutil.save(qmodel, out / "model.onnx")
+        counts = {op: sum(1 for n in qmodel.graph.node if n.op_type == op)
+                  for op in ("QuantizeLinear", "DequantizeLinear")}
+        summary = {"quantized_nodes": len(plan.quantized), "float_weighted_nodes": len(plan.kept_float),
+                   "q_nodes": counts["QuantizeLinear"], "dq_nodes": counts["DequantizeLinear"],
+                   "calibration": table["method"], "table_matches_model": table["model_digest"] == art.digest}
+        if corrected:
+            summary["bias_shift_mean"] = float(sum(corrected.values()) / len(corrected))
+        return PassResult("onnx", "model.onnx", meta, summary)
+
+    @staticmethod
+    def _batches(table_art, table):
+        """The calibration images kept in the table artifact, preprocessed as they were for calibration."""
+        from convert.preprocess import load_image, preprocess
+
+        for rel in table["samples"]:
+            yield preprocess(load_image(table_art.path / rel), table["preprocess"])[0]
+
+
+def read_table(path) -> dict:
+    """Reads a ``table.json`` of the calibrate pass.
+
+    Returns:
+        ``ranges`` (tensor -> (min, max)), ``method``, ``num_samples``, ``model_digest``,
+        ``preprocess`` and ``samples`` (paths of the kept calibration images, relative to the table).
+
+    Raises:
+        PassError: Not a calibration table of a known format.
+    """
+    from passes.calibrate import TABLE_FORMAT
+
+    try:
+        t = json.loads(path.read_text())
+        if t.get("format") != TABLE_FORMAT:
+            raise ValueError(f"format {t.get('format')!r}, expected {TABLE_FORMAT}")
+        ranges = {k: (float(v["min"]), float(v["max"])) for k, v in t["tensors"].items()}
+        return {"ranges": ranges, "method": t["method"], "num_samples": t["num_samples"],
+                "model_digest": t["model"]["digest"], "preprocess": t.get("preprocess") or {},
+                "samples": list(t.get("data", {}).get("samples") or [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise PassError(f"calibration table {path} is not readable ({e}).",
+                        hint="produce it with the calibrate pass of this version.") from None
+
+
+class NodePlan:
+    """Which weighted nodes are quantized and which stay float.
+
+    Attributes:
+        quantized: Names of the nodes to quantize.
+        kept_float: Names of weighted nodes left in float (excluded or head).
+    """
+
+    def __init__(self, quantized: list[str], kept_float: list[str]):
+        self.quantized = quantized
+        self.kept_float = kept_float
+
+
+def plan_nodes(model, c: QuantizeConfig, where: str) -> NodePlan:
+    """Applies ``op_types``, the exclusions and ``keep_head_float`` to the model's nodes.
+
+    Unnamed nodes are named ``<op_type>_<index>`` in place (ONNX Runtime's quantizer selects
+    nodes by name).
+
+    Raises:
+        PassError: An exclusion matches no node (a typo would silently quantize everything).
+    """
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    nodes = list(model.graph.node)
+    types_present = {n.op_type for n in nodes}
+    for t in c.exclude_types:
+        if t not in types_present:
+            raise PassError(f"{where}.exclude_types: the model has no {t!r} node.",
+                            hint=f"types present: {', '.join(sorted(types_present))}.")
+    for pattern in c.exclude_nodes:
+        if not any(fnmatch.fnmatchcase(n.name, pattern) for n in nodes):
+            raise PassError(f"{where}.exclude_nodes: {pattern!r} matches no node name.",
+                            hint="node names are those of the ONNX graph (open it in Netron).")
+    weighted = [n for n in nodes if n.op_type in c.op_types]
+    head = set(head_nodes(model, c.op_types)) if c.keep_head_float else set()
+    quantized, kept = [], []
+    for n in weighted:
+        excluded = (n.op_type in c.exclude_types or n.name in head
+                    or any(fnmatch.fnmatchcase(n.name, p) for p in c.exclude_nodes))
+        (kept if excluded else quantized).append(n.name)
+    if not quantized:
+        raise PassError(f"no node left to quantize ({len(weighted)} of types {', '.join(c.op_types)}, all excluded).",
+                        hint=f"check {where}.op_types and the exclusions.")
+    return NodePlan(quantized, kept)
+
+
+def head_nodes(model, op_types) -> list[str]:
+    """The last weighted nodes: those of ``op_types`` reached walking back from the graph outputs
+    through other nodes only (the convolutions of a detection head)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        t = stack.pop()
+        node = producer.get(t)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in op_types:
+            found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return sorted(found)
+
+
+def activation_inputs(model, node_names: list[str]) -> list[str]:
+    """The non-constant float inputs of the named nodes (what gets an activation Q/DQ)."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted = set(node_names)
+    out: list[str] = []
+    for n in model.graph.node:
+        if n.name not in wanted:
+            continue
+        # Conv/ConvTranspose: X (W and B are constants); MatMul: A, B; Gemm: A, B (C is a bias).
+        reads = n.input[:2] if n.op_type in ("MatMul", "Gemm") else n.input[:1]
+        out += [t for t in reads if t and t not in constants and t not in out]
+    return out
+
+
+def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,
+                 per_channel: bool, op_types: list[str]):
+    """Runs ONNX Runtime's QDQ quantizer with the given ranges (no calibration of its own).
+
+    Args:
+        model: The float model (``onnx.ModelProto``).
+        ranges: Range of every activation tensor to quantize.
+        nodes: Names of the nodes to quantize.
+        activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric).
+        per_channel: Per-output-channel weight scales.
+        op_types: Weighted op types (their outputs are left unquantized).
+
+    Returns:
+        The Q/DQ model (``onnx.ModelProto``).
+    """
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from calib.calibrators import to_tensors_data
+
+    symmetric = activation_type == "int8"
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)  # quantize_static warns that the model was not "pre-processed"; it need not be
+    try:
+        with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+            src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+            onnx.save(model, str(src))
+            save_tensors_data(to_tensors_data(ranges), cache)
+            quantize_static(
+                str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types), per_channel=per_channel,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_quantize=list(nodes), calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=str(cache),
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               "OpTypesToExcludeOutputQuantization": list(op_types), "QuantizeBias": False})
+            return onnx.load(str(dst))
+    finally:
+        log.setLevel(level)
+
+
+def correct_biases(float_model, qmodel, batches, ctx=None) -> dict[str, float]:
+    """Empirical bias correction of the quantized convolutions of a Q/DQ model, in place.
+
+    Quantizing a convolution's weights and input shifts the mean of its output per channel
+    (rounding and clipping are not zero-mean on real data), and the shift travels down the
+    network. For every quantized convolution this measures, on the calibration images and
+    inside the quantized model, the mean output per channel against the same convolution in
+    float (float weights, the input before its Q/DQ) and subtracts the difference from the
+    bias. Each convolution is corrected for the shift it adds itself, given the inputs it
+    really receives, so corrections do not count an upstream shift twice (correcting every
+    layer against the float model's means instead overshoots and diverges). Convolutions
+    without a bias are left as they are.
+
+    Args:
+        float_model: The float model the Q/DQ model was made from (``onnx.ModelProto``).
+        qmodel: The Q/DQ model with float biases; its bias initializers are updated.
+        batches: Input batches (float32 arrays) of the calibration images.
+        ctx: Run context, for a progress bar.
+
+    Returns:
+        Convolution name -> mean absolute correction applied.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from convert.onnxutil import ort_session
+
+    float_weights = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "Conv"}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(qmodel)
+    del probe.graph.output[:]
+    added = {i.name for i in probe.graph.initializer}
+    targets = []
+    if opset >= 18:
+        probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 2, 3], np.int64), "bias_correction_axes"))
+
+    def channel_mean(tensor):
+        out = f"{tensor}_bias_correction_mean"
+        if opset >= 18:
+            node = helper.make_node("ReduceMean", [tensor, "bias_correction_axes"], [out], keepdims=0)
+        else:
+            node = helper.make_node("ReduceMean", [tensor], [out], keepdims=0, axes=[0, 2, 3])
+        probe.graph.node.append(node)
+        probe.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+
+    for node in qmodel.graph.node:
+        dq = producer.get(node.input[0]) if node.op_type == "Conv" else None
+        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if (q is None or q.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits
+                or node.name not in float_weights):
+            continue
+        weight = float_weights[node.name]
+        if weight not in added:
+            probe.graph.initializer.append(float_inits[weight])
+            added.add(weight)
+        reference = f"{node.output[0]}_bias_correction_float"
+        probe.graph.node.append(helper.make_node("Conv", [q.input[0], weight, node.input[2]], [reference],
+                                                 name=f"{node.name}_bias_correction_float",
+                                                 **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+        channel_mean(node.output[0])
+        channel_mean(reference)
+        targets.append(node)
+    if not targets:
+        return {}
+    session = ort_session(probe.SerializeToString())
+    input_name = session.get_inputs()[0].name
+    sums, count = None, 0
+    for x in (ctx.bar(batches, desc="bias correction") if ctx else batches):
+        means = session.run(None, {input_name: x})
+        sums = [m * len(x) for m in means] if sums is None else [s + m * len(x) for s, m in zip(sums, means)]
+        count += len(x)
+    corrected = {}
+    for i, node in enumerate(targets):
+        shift = (sums[2 * i] - sums[2 * i + 1]) / count
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), node.input[2]))
+        corrected[node.name] = float(np.abs(shift).mean())
+    return corrected
+
+
+def openvino_fold_qdq(model) -> int:
+    """Folds each decomposed Q/DQ pair of an OpenVINO model into one float FakeQuantize.
+
+    OpenVINO's ONNX reader turns ``QuantizeLinear -> DequantizeLinear`` into ``FakeQuantize``
+    (integer output levels) ``-> Convert(i8) -> Convert(f32) [-> Subtract(zero point)] ->
+    Multiply(scale)``. With signed INT8 activations next to a ``Concat``, OpenVINO 2026.4's CPU
+    plugin runs that chain wrong (it casts the concatenated tensor to u8 without its scale:
+    outputs off by tens of quantization steps), while the same quantization written as one
+    FakeQuantize with float output levels runs right, in INT8. The fold gives that form and
+    changes no value: output levels become ``(level - zero_point) * scale``.
+
+    Args:
+        model: An ``openvino.Model`` read from a Q/DQ ONNX, modified in place.
+
+    Returns:
+        The number of Q/DQ pairs folded.
+    """
+    import numpy as np
+    import openvino.opset13 as ops
+
+    def const(output):
+        node = output.get_node()
+        if node.get_type_name() == "Convert":  # zero points arrive as Convert(i8/u8 constant)
+            node = node.input_value(0).get_node()
+        return node.get_data() if node.get_type_name() == "Constant" else None
+
+    def only_consumer(output, op_type):
+        targets = list(output.get_target_inputs())
+        node = targets[0].get_node() if len(targets) == 1 else None
+        return node if node is not None and node.get_type_name() == op_type else None
+
+    folded = 0
+    for fq in model.get_ordered_ops():
+        if fq.get_type_name() != "FakeQuantize":
+            continue
+        to_int = only_consumer(fq.output(0), "Convert")
+        to_float = to_int and only_consumer(to_int.output(0), "Convert")
+        if to_float is None:
+            continue
+        zero_point, tail = 0.0, to_float
+        sub = only_consumer(tail.output(0), "Subtract")
+        if sub is not None:
+            zero_point, tail = const(sub.input_value(1)), sub
+        mul = only_consumer(tail.output(0), "Multiply")
+        scale = const(mul.input_value(1)) if mul is not None else None
+        low, high = const(fq.input_value(3)), const(fq.input_value(4))
+        if scale is None or zero_point is None or low is None or high is None:
+            continue
+        levels = [ops.constant(np.asarray((v - zero_point) * scale, dtype=np.float32)) for v in (low, high)]
+        fused = ops.fake_quantize(fq.input_value(0), fq.input_value(1), fq.input_value(2), *levels, fq.get_levels())
+        fused.set_friendly_name(mul.get_friendly_name())
+        mul.output(0).replace(fused.output(0))
+        folded += 1
+    model.validate_nodes_and_infer_types()
+    return folded

@@ -1,0 +1,215 @@
+"""The quantize pass: Q/DQ placement, options, and the INT8 model on ONNX Runtime and OpenVINO."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from calib.data import CalibrationSet, batches, resolve_source
+from convert.base import Artifact, RunContext
+from convert.errors import PassError
+from passes.calibrate import Calibrate, CalibrateConfig
+from passes.quantize import Quantize, QuantizeConfig, head_nodes, openvino_fold_qdq
+
+PP = {"size": [32, 32], "resize": "letterbox", "pad_value": 114}
+META = {"precision": "fp32", "truncated": True, "names": ["a"], "preprocess": PP,
+        "input": {"name": "images", "shape": ["batch", 3, 32, 32]}, "outputs": ["p3"]}
+CONVS = ["stem/Conv", "m.cv1/Conv", "m.cv2/Conv", "head/Conv"]
+
+
+def body_model(path):
+    """conv+SiLU stem, a residual bottleneck (1x1, 3x3), a concat and a 1x1 head conv."""
+    rng = np.random.default_rng(0)
+    w = lambda name, shape, s=0.3: numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)  # noqa: E731
+    nodes, inits = [], []
+    for x, name, cin, k in (("images", "stem", 3, 3), ("stem.o", "m.cv1", 8, 1), ("m.cv1.o", "m.cv2", 8, 3)):
+        nodes += [helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.c"], name=f"{name}/Conv",
+                                   pads=[k // 2] * 4),
+                  helper.make_node("Sigmoid", [f"{name}.c"], [f"{name}.s"], name=f"{name}/Sigmoid"),
+                  helper.make_node("Mul", [f"{name}.c", f"{name}.s"], [f"{name}.o"], name=f"{name}/Mul")]
+        inits += [w(f"{name}.w", (8, cin, k, k)), w(f"{name}.b", (8,), 0.1)]
+    nodes += [helper.make_node("Add", ["stem.o", "m.cv2.o"], ["res"], name="m/Add"),
+              helper.make_node("Concat", ["res", "stem.o"], ["cat"], name="cat/Concat", axis=1),
+              helper.make_node("Conv", ["cat", "head.w", "head.b"], ["p3"], name="head/Conv")]
+    inits += [w("head.w", (14, 16, 1, 1)), w("head.b", (14,), 0.1)]
+    graph = helper.make_graph(nodes, "body", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                                                            ["batch", 3, 32, 32])],
+                              [helper.make_tensor_value_info("p3", TensorProto.FLOAT, ["batch", 14, 32, 32])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """The float body, a folder of smooth random images and a minmax table of the body on them."""
+    tmp = tmp_path_factory.mktemp("quantize")
+    (tmp / "model").mkdir()
+    body_model(tmp / "model" / "model.onnx")
+    art = Artifact("onnx", tmp / "model", "model.onnx", dict(META), digest="body")
+    imgs = tmp / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(8):  # low-frequency images, closer to photos than white noise
+        small = rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((48, 40), Image.BILINEAR).save(imgs / f"{i}.png")
+    (tmp / "table").mkdir()
+    Calibrate(CalibrateConfig(data=imgs, num=8, method="minmax")).run({"model": art}, tmp / "table",
+                                                                       RunContext("calibrate", progress=False))
+    table = Artifact("calib_table", tmp / "table", "table.json", {}, digest="table")
+    xs = np.concatenate(list(batches(CalibrationSet(resolve_source(imgs), 8).samples(), PP, 1)))
+    return tmp, art, table, xs
+
+
+def quantize(setup, name, **cfg):
+    tmp, art, table, _ = setup
+    out = tmp / name
+    out.mkdir()
+    res = Quantize(QuantizeConfig(**cfg)).run({"model": art, "table": table}, out, RunContext("quantize", False))
+    return res, onnx.load(str(out / res.main)), out / res.main
+
+
+def producers(model):
+    return {o: n for n in model.graph.node for o in n.output}
+
+
+def conv_inputs(model, conv):
+    node = next(n for n in model.graph.node if n.name == conv)
+    prod = producers(model)
+    return [prod.get(t).op_type if t in prod else "initializer" for t in node.input]
+
+
+def sqnr_db(ref, got):
+    return 10 * np.log10(np.sum(ref.astype(np.float64) ** 2) / np.sum((ref - got).astype(np.float64) ** 2))
+
+
+def test_placement_is_tensorrt_style(setup):
+    res, model, _ = quantize(setup, "default")
+    assert res.kind == "onnx" and res.meta["precision"] == "int8"
+    for conv in CONVS:  # activation and weight through DQ, bias float
+        assert conv_inputs(model, conv) == ["DequantizeLinear", "DequantizeLinear", "initializer"], conv
+    prod = producers(model)
+    # Conv outputs are not quantized: the SiLU reads the convolution directly.
+    assert prod["stem.s"].input[0] == "stem.c" and prod["stem.c"].op_type == "Conv"
+    # One Q/DQ per tensor, shared: the residual Add reads the same dequantized tensor as m.cv1.
+    add = next(n for n in model.graph.node if n.name == "m/Add")
+    cv1 = next(n for n in model.graph.node if n.name == "m.cv1/Conv")
+    assert cv1.input[0] in add.input
+    # The concat gets one scale, at its output, feeding the head conv.
+    assert prod[conv_inputs_name(model, "head/Conv")].op_type == "DequantizeLinear"
+    q_inputs = [n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_inputs) == len(set(q_inputs)) == 4  # images, stem.o, m.cv1.o, cat
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":  # symmetric INT8: zero point 0
+            zp = inits[n.input[2]]
+            assert zp.dtype == np.int8 and zp == 0
+        if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None and inits[n.input[0]].ndim == 4:
+            assert inits[n.input[1]].shape == (inits[n.input[0]].shape[0],)  # per output channel
+    assert json.loads(next(p.value for p in model.metadata_props if p.key == "precision")) == "int8"
+
+
+def conv_inputs_name(model, conv):
+    return next(n for n in model.graph.node if n.name == conv).input[0]
+
+
+def test_int8_model_runs_in_onnxruntime_and_openvino_close_to_fp32(setup):
+    ov = pytest.importorskip("openvino")
+    tmp, art, _, xs = setup
+    _, model, path = quantize(setup, "run")
+    ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    assert sqnr_db(ref, got) > 25
+    ov_model = ov.Core().read_model(str(path))
+    assert openvino_fold_qdq(ov_model) == 4
+    compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got_ov = compiled({"images": xs})[compiled.outputs[0]]
+    assert sqnr_db(ref, got_ov) > 25
+    assert sqnr_db(got, got_ov) > 35  # the same quantized model on both runtimes
+
+
+def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
+    ov = pytest.importorskip("openvino")
+    _, _, _, xs = setup
+    _, _, path = quantize(setup, "u8", activation_type="uint8")
+    ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    m = ov.Core().read_model(str(path))
+    assert openvino_fold_qdq(m) == 4
+    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > 35
+
+
+def test_uint8_activations_are_asymmetric(setup):
+    res, model, _ = quantize(setup, "u8b", activation_type="uint8")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zps = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert all(z.dtype == np.uint8 for z in zps) and any(z != 0 for z in zps)
+    assert res.meta["quantization"]["symmetric_activations"] is False
+
+
+def test_head_and_excluded_nodes_stay_float(setup):
+    tmp, art, _, _ = setup
+    assert head_nodes(onnx.load(str(art.file)), ["Conv"]) == ["head/Conv"]
+    res, model, _ = quantize(setup, "head", keep_head_float=True, exclude_nodes=["m.cv*"])
+    assert conv_inputs(model, "head/Conv") == ["Concat", "initializer", "initializer"]
+    assert conv_inputs(model, "m.cv2/Conv")[:2] == ["Mul", "initializer"]
+    assert conv_inputs(model, "stem/Conv")[:2] == ["DequantizeLinear", "DequantizeLinear"]
+    assert sorted(res.meta["quantization"]["float_nodes"]) == ["head/Conv", "m.cv1/Conv", "m.cv2/Conv"]
+    assert res.summary["quantized_nodes"] == 1
+
+
+def test_exclusions_that_match_nothing_are_errors(setup):
+    with pytest.raises(PassError, match=r"exclude_nodes: 'stem/conv' matches no node"):
+        quantize(setup, "bad1", exclude_nodes=["stem/conv"])
+    with pytest.raises(PassError, match="exclude_types: the model has no 'Gemm' node"):
+        quantize(setup, "bad2", exclude_types=["Gemm"])
+    with pytest.raises(PassError, match="no node left to quantize"):
+        quantize(setup, "bad3", exclude_types=["Conv"])
+
+
+def test_a_table_of_another_model_is_refused(setup, tmp_path):
+    _, art, _, _ = setup
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "table.json").write_text(json.dumps({
+        "format": 1, "method": "minmax", "num_samples": 1, "model": {"digest": "other"},
+        "tensors": {"input_1": {"min": 0.0, "max": 1.0}}}))
+    table = Artifact("calib_table", tmp_path / "t", "table.json", {}, digest="t")
+    (tmp_path / "o").mkdir()
+    with pytest.raises(PassError, match="no range for 4 tensor"):
+        Quantize(QuantizeConfig()).run({"model": art, "table": table}, tmp_path / "o", RunContext("q", False))
+    (tmp_path / "t" / "table.json").write_text("{}")
+    with pytest.raises(PassError, match="not readable"):
+        Quantize(QuantizeConfig()).run({"model": art, "table": table}, tmp_path / "o", RunContext("q", False))
+
+
+def test_bias_correction_removes_the_mean_shift(setup):
+    tmp, art, _, xs = setup
+    ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    shift = {}
+    for bc in (False, True):
+        res, _, path = quantize(setup, f"bc{bc}", bias_correction=bc)
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+        shift[bc] = np.abs((got - ref).mean(axis=(0, 2, 3))).mean()  # per-channel mean error of the output
+        assert res.meta["quantization"]["bias_correction"] is bc
+    assert shift[True] < 0.5 * shift[False]
+    assert res.summary["bias_shift_mean"] > 0
+
+
+def test_bias_correction_needs_the_calibration_images(setup, tmp_path):
+    _, art, table, _ = setup
+    t = json.loads((table.path / "table.json").read_text())
+    t["method"], t["data"] = "trt_cache", {"source": "trt_cache"}  # what an imported TensorRT cache gives
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "table.json").write_text(json.dumps(t))
+    imported = Artifact("calib_table", tmp_path / "t", "table.json", {}, digest="t")
+    (tmp_path / "o").mkdir()
+    with pytest.raises(PassError, match="bias correction needs the calibration images"):
+        Quantize(QuantizeConfig()).run({"model": art, "table": imported}, tmp_path / "o", RunContext("q", False))
+    (tmp_path / "o2").mkdir()
+    res = Quantize(QuantizeConfig(bias_correction=False)).run({"model": art, "table": imported}, tmp_path / "o2",
+                                                             RunContext("q", False))
+    assert res.meta["quantization"]["bias_correction"] is False
