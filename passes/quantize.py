@@ -19,9 +19,23 @@ calibrates itself), with the placement TensorRT recommends and fuses:
   gives asymmetric activations for ONNX Runtime CPU and OpenVINO.
 
 Post-processing is never quantized: quantize the truncated network body and attach decoding
-and NMS afterwards (the postprocess pass). Nodes can be kept in float by name, glob pattern or
-type, and ``keep_head_float`` keeps the last convolutions before the outputs (the detection or
-pose head) in float.
+and NMS afterwards (the postprocess pass).
+
+Accuracy techniques, each measured on YOLOv5n / coco128 (bench/int8_accuracy.py):
+
+* Nodes kept in float by name, glob pattern or type; ``keep_head_float`` keeps the last
+  convolutions before the outputs (the detection or pose head) in float, and a float node
+  always reads the float tensor even where a quantized neighbour shares it.
+* ``keep_float_sensitive``: a sensitivity analysis quantizes each activation tensor alone and
+  keeps in float the consumers of the ones that change the outputs most (in YOLOv5n one tensor,
+  the second layer's output with a range of ~115 for mostly tiny values, costs more than the
+  next five together; its two 1x1 consumers are ~1% of the compute).
+* ``bias_correction``: per-channel mean shifts measured on the calibration images are removed.
+* The ranges come from the table (``calibrate``): for SiLU networks MinMax keeps the rare large
+  activations that carry detections, which entropy, percentile and MSE clipping lose.
+
+:func:`openvino_fold_qdq` rewrites the Q/DQ pairs of such a model, once read by OpenVINO, into
+the form OpenVINO's CPU plugin runs correctly (see there).
 """
 
 from __future__ import annotations
@@ -49,6 +63,10 @@ class QuantizeConfig(PassConfig):
     exclude_types: list[str] = Field(default_factory=list, description="node types kept in float")
     keep_head_float: bool = Field(False, description="keep the last weighted nodes before the graph outputs "
                                   "(the head convolutions) in float")
+    keep_float_sensitive: int = Field(0, ge=0, description="also keep in float the consumers of the N activation "
+                                      "tensors whose quantization alone changes the outputs most (measured on the "
+                                      "calibration images kept in the table)")
+    sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity")
     bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
                                   "quantization causes, measured on the calibration images kept in the table")
 
@@ -62,7 +80,7 @@ class Quantize(Pass):
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body that was calibrated"),
               "table": Input(("calib_table",), doc="its calibration table (calibrate pass)")}
     output = "onnx"
-    tools = ("onnx", "onnxruntime")
+    tools = ("onnx", "onnxruntime", "numpy", "pillow")
     requires = ("onnx", "onnxruntime")
 
     def run(self, inputs, out, ctx) -> PassResult:
@@ -85,21 +103,35 @@ class Quantize(Pass):
                             f"read (first: {missing[0]!r}).",
                             hint="calibrate this same model (the table's model digest must match), with op_types "
                             "covering the quantized nodes.")
+        if (c.keep_float_sensitive or c.bias_correction) and not table["samples"]:
+            raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
+                            f"has none (method {table['method']}).",
+                            hint=f"set stages.{ctx.stage}.with.bias_correction: false and keep_float_sensitive: 0 "
+                            "for an imported table.")
+        sensitive: dict[str, float] = {}
+        if c.keep_float_sensitive:
+            errors = activation_sensitivity(model, {t: ranges[t] for t in needed},
+                                            list(self._batches(table_art, table, c.sensitivity_samples)),
+                                            c.activation_type, ctx)
+            sensitive = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:c.keep_float_sensitive])
+            plan = plan.keep_float(consumers_of(model, plan.quantized, set(sensitive)))
+            if not plan.quantized:  # ONNX Runtime reads an empty node list as "quantize everything"
+                raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",
+                                hint=f"lower stages.{ctx.stage}.with.keep_float_sensitive.")
+            needed = activation_inputs(model, plan.quantized)
         qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
                               c.per_channel, c.op_types)
+        restore_float_inputs(qmodel, plan.kept_float)
         corrected: dict[str, float] = {}
         if c.bias_correction:
-            if not table["samples"]:
-                raise PassError("bias correction needs the calibration images, and this table has none "
-                                f"(method {table['method']}).",
-                                hint=f"set stages.{ctx.stage}.with.bias_correction: false for an imported table.")
             corrected = correct_biases(model, qmodel, self._batches(table_art, table), ctx)
         meta = {**art.meta, "precision": "int8",
                 "quantization": {"format": "qdq", "activations": c.activation_type,
                                  "symmetric_activations": c.activation_type == "int8",
                                  "weights": "int8 per-channel" if c.per_channel else "int8 per-tensor",
                                  "calibration": table["method"], "calibration_samples": table["num_samples"],
-                                 "bias_correction": bool(corrected), "float_nodes": plan.kept_float}}
+                                 "bias_correction": bool(corrected), "float_nodes": plan.kept_float,
+                                 "sensitive_tensors": sensitive}}
         onnxutil.set_metadata(qmodel, meta)
         onnxutil.save(qmodel, out / "model.onnx")
         counts = {op: sum(1 for n in qmodel.graph.node if n.op_type == op)
@@ -112,11 +144,11 @@ class Quantize(Pass):
         return PassResult("onnx", "model.onnx", meta, summary)
 
     @staticmethod
-    def _batches(table_art, table):
+    def _batches(table_art, table, limit: int | None = None):
         """The calibration images kept in the table artifact, preprocessed as they were for calibration."""
         from convert.preprocess import load_image, preprocess
 
-        for rel in table["samples"]:
+        for rel in table["samples"][:limit]:
             yield preprocess(load_image(table_art.path / rel), table["preprocess"])[0]
 
 
@@ -156,6 +188,11 @@ class NodePlan:
     def __init__(self, quantized: list[str], kept_float: list[str]):
         self.quantized = quantized
         self.kept_float = kept_float
+
+    def keep_float(self, names: set[str]) -> NodePlan:
+        """The plan with ``names`` moved from quantized to float."""
+        return NodePlan([n for n in self.quantized if n not in names],
+                        self.kept_float + [n for n in self.quantized if n in names])
 
 
 def plan_nodes(model, c: QuantizeConfig, where: str) -> NodePlan:
@@ -212,6 +249,77 @@ def head_nodes(model, op_types) -> list[str]:
     return sorted(found)
 
 
+def consumers_of(model, nodes: list[str], tensors: set[str]) -> set[str]:
+    """The nodes among ``nodes`` that read any of ``tensors``."""
+    wanted = set(nodes)
+    return {n.name for n in model.graph.node if n.name in wanted and tensors.intersection(n.input)}
+
+
+def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batches: list, activation_type: str,
+                           ctx=None) -> dict[str, float]:
+    """How much quantizing each activation tensor alone changes the model's outputs.
+
+    For each tensor, a Q/DQ pair with its calibrated range is inserted in the float model and
+    the outputs are compared with the float model's over the batches: the error is the summed
+    squared difference of every output relative to the outputs' summed square. Weights stay
+    float: at 8 bits per channel their error is small next to that of per-tensor activations.
+
+    Args:
+        model: The float model (``onnx.ModelProto``).
+        ranges: Tensor -> calibrated (min, max), for the tensors to probe.
+        batches: Input batches.
+        activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric), as the pass quantizes.
+        ctx: Run context, for a progress bar.
+
+    Returns:
+        Tensor -> relative squared error of the outputs.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from convert.onnxutil import ort_session
+
+    reference = ort_session(model.SerializeToString())
+    input_name = reference.get_inputs()[0].name
+    expected = [reference.run(None, {input_name: x}) for x in batches]
+    energy = sum(float(np.sum(np.square(o, dtype=np.float64))) for outs in expected for o in outs)
+    errors = {}
+    for tensor in (ctx.bar(list(ranges), desc="sensitivity") if ctx else ranges):
+        scale, zero_point = _qparams(*ranges[tensor], activation_type)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for node in probe.graph.node:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = f"{tensor}_probe_dq"
+        probe.graph.initializer.extend([numpy_helper.from_array(scale, "probe_scale"),
+                                        numpy_helper.from_array(zero_point, "probe_zero_point")])
+        probe.graph.node.extend([
+            helper.make_node("QuantizeLinear", [tensor, "probe_scale", "probe_zero_point"], [f"{tensor}_probe_q"]),
+            helper.make_node("DequantizeLinear", [f"{tensor}_probe_q", "probe_scale", "probe_zero_point"],
+                             [f"{tensor}_probe_dq"])])
+        session = ort_session(probe.SerializeToString())
+        diff = 0.0
+        for x, outs in zip(batches, expected):
+            for got, ref in zip(session.run(None, {input_name: x}), outs):
+                diff += float(np.sum(np.square(got.astype(np.float64) - ref)))
+        errors[tensor] = diff / max(energy, 1e-30)
+    return errors
+
+
+def _qparams(lo: float, hi: float, activation_type: str):
+    """Scale and zero point of a range, as ONNX Runtime's quantizer computes them."""
+    import numpy as np
+
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if activation_type == "int8":
+        amax = max(-lo, hi)
+        return np.array(amax / 127 if amax else 1.0, np.float32), np.array(0, np.int8)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    return np.array(scale, np.float32), np.array(int(np.clip(round(-lo / scale), 0, 255)), np.uint8)
+
+
 def activation_inputs(model, node_names: list[str]) -> list[str]:
     """The non-constant float inputs of the named nodes (what gets an activation Q/DQ)."""
     constants = {i.name for i in model.graph.initializer}
@@ -225,6 +333,27 @@ def activation_inputs(model, node_names: list[str]) -> list[str]:
         reads = n.input[:2] if n.op_type in ("MatMul", "Gemm") else n.input[:1]
         out += [t for t in reads if t and t not in constants and t not in out]
     return out
+
+
+def restore_float_inputs(qmodel, nodes: list[str]) -> None:
+    """Makes the named (float) nodes read their inputs before quantization, in place.
+
+    ONNX Runtime's quantizer puts one Q/DQ pair on a tensor and points every consumer at the
+    dequantized copy; a node kept in float that shares its input with a quantized one (a head
+    convolution reading the same features as the next downsampling convolution) would still
+    see quantized values. This points such inputs back at the float tensor; the Q/DQ pair
+    stays for the quantized consumers.
+    """
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    wanted = set(nodes)
+    for node in qmodel.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[i] = q.input[0]
 
 
 def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,

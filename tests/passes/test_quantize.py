@@ -15,16 +15,16 @@ from calib.data import CalibrationSet, batches, resolve_source
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
 from passes.calibrate import Calibrate, CalibrateConfig
-from passes.quantize import Quantize, QuantizeConfig, head_nodes, openvino_fold_qdq
+from passes.quantize import Quantize, QuantizeConfig, activation_sensitivity, head_nodes, openvino_fold_qdq
 
 PP = {"size": [32, 32], "resize": "letterbox", "pad_value": 114}
 META = {"precision": "fp32", "truncated": True, "names": ["a"], "preprocess": PP,
         "input": {"name": "images", "shape": ["batch", 3, 32, 32]}, "outputs": ["p3"]}
-CONVS = ["stem/Conv", "m.cv1/Conv", "m.cv2/Conv", "head/Conv"]
+CONVS = ["stem/Conv", "m.cv1/Conv", "m.cv2/Conv", "side/Conv", "head/Conv"]
 
 
 def body_model(path):
-    """conv+SiLU stem, a residual bottleneck (1x1, 3x3), a concat and a 1x1 head conv."""
+    """conv+SiLU stem, a residual bottleneck (1x1, 3x3) beside a 1x1 side conv, a concat, a 1x1 head conv."""
     rng = np.random.default_rng(0)
     w = lambda name, shape, s=0.3: numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)  # noqa: E731
     nodes, inits = [], []
@@ -35,9 +35,10 @@ def body_model(path):
                   helper.make_node("Mul", [f"{name}.c", f"{name}.s"], [f"{name}.o"], name=f"{name}/Mul")]
         inits += [w(f"{name}.w", (8, cin, k, k)), w(f"{name}.b", (8,), 0.1)]
     nodes += [helper.make_node("Add", ["stem.o", "m.cv2.o"], ["res"], name="m/Add"),
-              helper.make_node("Concat", ["res", "stem.o"], ["cat"], name="cat/Concat", axis=1),
+              helper.make_node("Conv", ["stem.o", "side.w", "side.b"], ["side"], name="side/Conv"),
+              helper.make_node("Concat", ["res", "side"], ["cat"], name="cat/Concat", axis=1),
               helper.make_node("Conv", ["cat", "head.w", "head.b"], ["p3"], name="head/Conv")]
-    inits += [w("head.w", (14, 16, 1, 1)), w("head.b", (14,), 0.1)]
+    inits += [w("side.w", (8, 8, 1, 1)), w("side.b", (8,), 0.1), w("head.w", (14, 16, 1, 1)), w("head.b", (14,), 0.1)]
     graph = helper.make_graph(nodes, "body", [helper.make_tensor_value_info("images", TensorProto.FLOAT,
                                                                             ["batch", 3, 32, 32])],
                               [helper.make_tensor_value_info("p3", TensorProto.FLOAT, ["batch", 14, 32, 32])], inits)
@@ -102,7 +103,7 @@ def test_placement_is_tensorrt_style(setup):
     # The concat gets one scale, at its output, feeding the head conv.
     assert prod[conv_inputs_name(model, "head/Conv")].op_type == "DequantizeLinear"
     q_inputs = [n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"]
-    assert len(q_inputs) == len(set(q_inputs)) == 4  # images, stem.o, m.cv1.o, cat
+    assert len(q_inputs) == len(set(q_inputs)) == 4  # images, stem.o (shared by 2 convs and the add), m.cv1.o, cat
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "QuantizeLinear":  # symmetric INT8: zero point 0
@@ -159,7 +160,14 @@ def test_head_and_excluded_nodes_stay_float(setup):
     assert conv_inputs(model, "m.cv2/Conv")[:2] == ["Mul", "initializer"]
     assert conv_inputs(model, "stem/Conv")[:2] == ["DequantizeLinear", "DequantizeLinear"]
     assert sorted(res.meta["quantization"]["float_nodes"]) == ["head/Conv", "m.cv1/Conv", "m.cv2/Conv"]
-    assert res.summary["quantized_nodes"] == 1
+    assert res.summary["quantized_nodes"] == 2
+    # A float node sharing its input with a quantized one reads the float tensor, not the Q/DQ copy.
+    node = lambda name: next(n for n in model.graph.node if n.name == name)  # noqa: E731
+    assert node("m.cv1/Conv").input[0] == "stem.o"
+    assert producers(model)[node("side/Conv").input[0]].op_type == "DequantizeLinear"
+    _, model, _ = quantize(setup, "side", exclude_nodes=["side/Conv"])  # `node` now looks in this model
+    assert node("side/Conv").input[0] == "stem.o"
+    assert producers(model)[node("m.cv1/Conv").input[0]].op_type == "DequantizeLinear"
 
 
 def test_exclusions_that_match_nothing_are_errors(setup):
@@ -207,9 +215,37 @@ def test_bias_correction_needs_the_calibration_images(setup, tmp_path):
     (tmp_path / "t" / "table.json").write_text(json.dumps(t))
     imported = Artifact("calib_table", tmp_path / "t", "table.json", {}, digest="t")
     (tmp_path / "o").mkdir()
-    with pytest.raises(PassError, match="bias correction needs the calibration images"):
+    with pytest.raises(PassError, match="bias correction need the calibration images"):
         Quantize(QuantizeConfig()).run({"model": art, "table": imported}, tmp_path / "o", RunContext("q", False))
     (tmp_path / "o2").mkdir()
     res = Quantize(QuantizeConfig(bias_correction=False)).run({"model": art, "table": imported}, tmp_path / "o2",
                                                              RunContext("q", False))
     assert res.meta["quantization"]["bias_correction"] is False
+
+
+def test_the_most_sensitive_tensor_is_found_and_its_consumers_kept_float(setup, tmp_path):
+    tmp, art, table, xs = setup
+    t = json.loads((table.path / "table.json").read_text())
+    lo, hi = t["tensors"]["m.cv1.o"]["min"], t["tensors"]["m.cv1.o"]["max"]
+    t["tensors"]["m.cv1.o"] = {"min": lo * 60, "max": hi * 60}  # steps 60x too coarse: clearly the worst
+    ranges = {k: (v["min"], v["max"]) for k, v in t["tensors"].items() if k in ("images", "stem.o", "m.cv1.o", "cat")}
+    errors = activation_sensitivity(onnx.load(str(art.file)), ranges, [xs[:4]], "int8")
+    assert max(errors, key=errors.get) == "m.cv1.o"
+    assert all(e > 0 for e in errors.values())
+    table_dir = tmp_path / "t"
+    table_dir.mkdir()
+    (table_dir / "table.json").write_text(json.dumps(t))
+    (table_dir / "samples").symlink_to(table.path / "samples")
+    doctored = Artifact("calib_table", table_dir, "table.json", {}, digest="t")
+    (tmp_path / "o").mkdir()
+    res = Quantize(QuantizeConfig(keep_float_sensitive=1, sensitivity_samples=4)).run(
+        {"model": art, "table": doctored}, tmp_path / "o", RunContext("q", False))
+    assert list(res.meta["quantization"]["sensitive_tensors"]) == ["m.cv1.o"]
+    assert res.meta["quantization"]["float_nodes"] == ["m.cv2/Conv"]
+    model = onnx.load(str(tmp_path / "o" / "model.onnx"))
+    assert next(n for n in model.graph.node if n.name == "m.cv2/Conv").input[0] == "m.cv1.o"
+
+
+def test_keeping_every_tensor_float_is_an_error_not_a_full_quantization(setup):
+    with pytest.raises(PassError, match="leaves no node to quantize"):
+        quantize(setup, "all_sensitive", keep_float_sensitive=10)
