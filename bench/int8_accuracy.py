@@ -14,7 +14,7 @@ Builds, through the pipeline manager (cached in ``--store``):
 
 Every model is evaluated on all images of ``--data`` with the project's COCO evaluator
 (:mod:`convert.evaluation`, pycocotools; YOLOv5 ``val.py`` settings) on ONNX Runtime and on OpenVINO,
-and timed on one image. Q/DQ models go to OpenVINO through :func:`passes.quantize.openvino_fold_qdq`
+and timed on one image. Q/DQ models go to OpenVINO through :func:`convert.ovutil.openvino_fold_qdq`
 (see there: OpenVINO 2026.4 mis-runs the unfolded form of signed INT8 Q/DQ next to a Concat).
 
 mAP on a 128-image set is noisy: a model perturbed as little as 1% of every weight moves by several
@@ -36,13 +36,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.base import Artifact  # noqa: E402
-from convert.evaluation import evaluate_model, load_dataset  # noqa: E402
-from convert.manager import Manager  # noqa: E402
-from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
-from convert.runtime import OpenVINORunner, OrtRunner, infer  # noqa: E402
-from convert.spec import load_spec  # noqa: E402
-from convert.store import Store  # noqa: E402
+from convert.base import Artifact
+from convert.evaluation import evaluate_model, load_dataset
+from convert.manager import Manager
+from convert.preprocess import list_images, load_image, preprocess
+from convert.runtime import OpenVINORunner, OrtRunner, infer
+from convert.spec import load_spec
+from convert.store import Store
 
 METHODS = ("minmax", "entropy", "percentile")
 
@@ -52,8 +52,8 @@ def spec_text(args, seeds: list[int]) -> str:
     lines = [
         "name: int8_accuracy_bench",
         "stages:",
-        f"  load: {{with: {{source: yolov5, weights: {json.dumps(str(args.weights))}, "
-        f"input_size: [{args.imgsz}, {args.imgsz}]}}}}",
+        (f"  load: {{with: {{source: yolov5, weights: {json.dumps(str(args.weights))}, "
+         f"input_size: [{args.imgsz}, {args.imgsz}]}}}}"),
         "  truncate_head: {}",
         "  export_onnx: {with: {opset: 17, dynamic_batch: true}}",
         "  simplify: {}",
@@ -65,21 +65,21 @@ def spec_text(args, seeds: list[int]) -> str:
                 f"  calibrate_{tag}:",
                 "    pass: calibrate",
                 "    inputs: {model: simplify}",
-                f"    with: {{data: {json.dumps(str(args.calib))}, num: {args.num}, seed: {seed}, method: {method}, "
-                f"percentile: {args.percentile}}}",
+                (f"    with: {{data: {json.dumps(str(args.calib))}, num: {args.num}, seed: {seed}, "
+                 f"method: {method}, percentile: {args.percentile}}}"),
                 f"  quantize_{tag}:",
                 "    pass: quantize",
                 f"    inputs: {{model: simplify, table: calibrate_{tag}}}",
-                f"    with: {{activation_type: {args.activation_type}, keep_head_float: true, "
-                f"keep_float_sensitive: {args.keep_float_sensitive}, bias_correction: true}}",
+                (f"    with: {{activation_type: {args.activation_type}, keep_head_float: true, "
+                 f"keep_float_sensitive: {args.keep_float_sensitive}, bias_correction: true}}"),
             ]
     if not args.skip_nncf:
         lines += [
             "  nncf:",
             "    pass: openvino",
             "    inputs: {model: simplify}",
-            f"    with: {{quantize: nncf, preset: mixed, subset_size: {args.num}, "
-            f"calib_data: {json.dumps(str(args.calib))}, calib_seed: {seeds[0]}}}",
+            (f"    with: {{quantize: nncf, preset: mixed, subset_size: {args.num}, "
+             f"calib_data: {json.dumps(str(args.calib))}, calib_seed: {seeds[0]}}}"),
         ]
     return "\n".join(lines) + "\n"
 
@@ -98,7 +98,11 @@ def build(args, seeds: list[int]) -> dict[str, Artifact]:
 
 def quantize_static_baseline(body: Artifact, args, seed: int, out: Path) -> Path:
     """ONNX Runtime's quantize_static as a user would call it: Conv only, per channel, MinMax, QDQ."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     from calib.data import CalibrationSet, batches, resolve_source
 
@@ -118,10 +122,10 @@ def quantize_static_baseline(body: Artifact, args, seed: int, out: Path) -> Path
 
 
 def openvino_ir(qdq_onnx: Path, out: Path) -> Path:
-    """An OpenVINO IR of a Q/DQ ONNX, its Q/DQ pairs folded (see passes.quantize.openvino_fold_qdq)."""
+    """An OpenVINO IR of a Q/DQ ONNX, its Q/DQ pairs folded (see convert.ovutil.openvino_fold_qdq)."""
     import openvino as ov
 
-    from passes.quantize import openvino_fold_qdq
+    from convert.ovutil import openvino_fold_qdq
 
     model = ov.Core().read_model(str(qdq_onnx))
     openvino_fold_qdq(model)

@@ -168,7 +168,7 @@ def entropy_amax(counts: np.ndarray, width: float, num_levels: int = 128, start_
     if n <= start_bin or b.sum() == 0:
         return n * width
     b[0] = b[1]
-    prefix = lambda v: np.concatenate([[0.0], np.cumsum(v)])  # noqa: E731  prefix(v)[k] = sum(v[:k])
+    prefix = lambda v: np.concatenate([[0.0], np.cumsum(v)])
     P, NZ, L = prefix(b), prefix(b != 0), prefix(_xlogx(b))
     total = P[n]
     i = np.arange(start_bin, n + 1, stride)
@@ -218,7 +218,7 @@ def mse_amax(counts: np.ndarray, width: float, levels: int = INT8_LEVELS) -> flo
     if h.sum() == 0:
         return 0.0
     c = (np.arange(n) + 0.5) * width
-    cum = lambda v: np.concatenate([[0.0], np.cumsum(v)])  # noqa: E731  cum(v)[k] = sum(v[:k])
+    cum = lambda v: np.concatenate([[0.0], np.cumsum(v)])
     H, HC, HC2 = cum(h), cum(h * c), cum(h * c * c)
     edges = np.arange(1, n + 1)
     a = edges * width

@@ -200,7 +200,14 @@ class OpenVINORunner(BaseRunner):
     def activate_impl(self):
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(self._path), "CPU", self._config)
+        # an ONNX file is read with its Q/DQ pairs folded, as the openvino pass does (see convert.ovutil)
+        if self._path.suffix == ".onnx":
+            from convert.ovutil import read_onnx
+
+            source = read_onnx(self._path)
+        else:
+            source = str(self._path)
+        self.compiled = ov.Core().compile_model(source, "CPU", self._config)
         self.request = self.compiled.create_infer_request()
         self.output_names = [_ov_name(o, f"output{i}", self._preferred) for i, o in enumerate(self.compiled.outputs)]
 

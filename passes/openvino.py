@@ -92,7 +92,9 @@ class OpenVINO(Pass):
             raise PassError(f"stages.{ctx.stage}.with.quantize: nncf quantizes an FP32 model, the input is "
                             f"{src_precision}.", hint="feed the FP32 ONNX (e.g. the simplify stage), or set quantize: "
                             "none to convert this model as it is.")
-        model = ov.convert_model(str(art.file))
+        from convert.ovutil import read_onnx
+
+        model = read_onnx(art.file)
         if c.quantize == "nncf":
             model, calib_record = self._nncf(model, art, ctx)
             precision = "int8"

@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from calib.calibrators import (
     AbsHistogram,
-    HistogramCalibrator,
     BatchReader,
+    HistogramCalibrator,
     calibrate,
     entropy_amax,
     mse_amax,

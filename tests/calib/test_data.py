@@ -107,7 +107,7 @@ def test_sampling_is_deterministic_and_seeded(tmp_path):
     for i in range(12):
         write_image(tmp_path / f"{i:02d}.png", seed=i)
     src = resolve_source(tmp_path)
-    names = lambda seed: [s.name for s in CalibrationSet(src, 5, seed).samples()]  # noqa: E731
+    names = lambda seed: [s.name for s in CalibrationSet(src, 5, seed).samples()]
     assert names(0) == names(0)
     assert names(0) != names(1)
     assert len(set(names(0))) == 5

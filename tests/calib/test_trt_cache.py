@@ -7,7 +7,14 @@ import struct
 import numpy as np
 import pytest
 
-from calib.trt_cache import check_belongs, format_cache, parse_cache, read_cache, version_number, write_cache
+from calib.trt_cache import (
+    check_belongs,
+    format_cache,
+    parse_cache,
+    read_cache,
+    version_number,
+    write_cache,
+)
 from convert.errors import ConvertError
 
 RANGES = {"images": (0.0, 1.0), "/model.0/conv/Conv_output_0": (-28.1, 33.0), "/model.0/act/Mul_output_0": (-0.28, 33.0),

@@ -24,7 +24,7 @@ META = {"precision": "fp32", "truncated": True, "names": ["a", "b"],
 def body_model(path, channels=3, seed=0):
     """A YOLO-like body: conv+SiLU, a residual bottleneck, a concat and a 1x1 head conv."""
     rng = np.random.default_rng(seed)
-    w = lambda name, shape: numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)  # noqa: E731
+    w = lambda name, shape: numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
 
     def conv_silu(x, name, cin, cout, k):
         return [helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.c"], name=f"{name}/Conv",
@@ -103,7 +103,7 @@ def test_same_data_same_table_and_other_seed_other_images(tmp_path):
     _, b = run(tmp_path, art, "b", data=data, num=3, method="minmax")
     _, c = run(tmp_path, art, "c", data=data, num=3, method="minmax", seed=5)
     assert (a / "table.json").read_bytes() == (b / "table.json").read_bytes()
-    files = lambda d: [f["name"] for f in json.loads((d / "table.json").read_text())["data"]["files"]]  # noqa: E731
+    files = lambda d: [f["name"] for f in json.loads((d / "table.json").read_text())["data"]["files"]]
     assert files(a) != files(c)
 
 
@@ -124,7 +124,7 @@ def test_importing_a_tensorrt_cache(tmp_path):
     art = model_artifact(tmp_path)
     cache = tmp_path / "calibration.cache"
     cache.write_text(format_cache({"images": (0.0, 1.0), "stem.o": (-0.3, 6.0)}, "10.3.0"))
-    res, out = run(tmp_path, art, trt_cache=cache)
+    _, out = run(tmp_path, art, trt_cache=cache)
     table = json.loads((out / "table.json").read_text())
     assert table["method"] == "trt_cache" and table["params"]["trt_version"] == 100300
     assert table["tensors"]["stem.o"]["max"] == pytest.approx(6.0) and table["tensors"]["stem.o"]["min"] == -table[
@@ -171,7 +171,7 @@ def test_config_rejects_conflicts_and_unknown_preprocess_keys(tmp_path):
 def test_unreadable_images_are_skipped_and_counted(tmp_path):
     data = image_folder(tmp_path / "imgs", n=3)
     (data / "zz_broken.jpg").write_bytes(b"\xff\xd8 broken")
-    res, out = run(tmp_path, model_artifact(tmp_path), data=data, num=10, method="minmax")
+    res, _ = run(tmp_path, model_artifact(tmp_path), data=data, num=10, method="minmax")
     assert res.summary["skipped"] == 1 and res.summary["num_samples"] == 3
     with pytest.raises(ConvertError, match="zz_broken.jpg"):
         run(tmp_path, model_artifact(tmp_path), "o2", data=data, num=10, on_bad_image="error")

@@ -14,8 +14,14 @@ from PIL import Image
 from calib.data import CalibrationSet, batches, resolve_source
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
+from convert.ovutil import openvino_fold_qdq
 from passes.calibrate import Calibrate, CalibrateConfig
-from passes.quantize import Quantize, QuantizeConfig, activation_sensitivity, head_nodes, openvino_fold_qdq
+from passes.quantize import (
+    Quantize,
+    QuantizeConfig,
+    activation_sensitivity,
+    head_nodes,
+)
 
 PP = {"size": [32, 32], "resize": "letterbox", "pad_value": 114}
 META = {"precision": "fp32", "truncated": True, "names": ["a"], "preprocess": PP,
@@ -26,7 +32,7 @@ CONVS = ["stem/Conv", "m.cv1/Conv", "m.cv2/Conv", "side/Conv", "head/Conv"]
 def body_model(path):
     """conv+SiLU stem, a residual bottleneck (1x1, 3x3) beside a 1x1 side conv, a concat, a 1x1 head conv."""
     rng = np.random.default_rng(0)
-    w = lambda name, shape, s=0.3: numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)  # noqa: E731
+    w = lambda name, shape, s=0.3: numpy_helper.from_array((rng.standard_normal(shape) * s).astype(np.float32), name)
     nodes, inits = [], []
     for x, name, cin, k in (("images", "stem", 3, 3), ("stem.o", "m.cv1", 8, 1), ("m.cv1.o", "m.cv2", 8, 3)):
         nodes += [helper.make_node("Conv", [x, f"{name}.w", f"{name}.b"], [f"{name}.c"], name=f"{name}/Conv",
@@ -120,8 +126,8 @@ def conv_inputs_name(model, conv):
 
 def test_int8_model_runs_in_onnxruntime_and_openvino_close_to_fp32(setup):
     ov = pytest.importorskip("openvino")
-    tmp, art, _, xs = setup
-    _, model, path = quantize(setup, "run")
+    _, art, _, xs = setup
+    _, _, path = quantize(setup, "run")
     ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
     assert sqnr_db(ref, got) > 25
@@ -153,7 +159,7 @@ def test_uint8_activations_are_asymmetric(setup):
 
 
 def test_head_and_excluded_nodes_stay_float(setup):
-    tmp, art, _, _ = setup
+    _, art, _, _ = setup
     assert head_nodes(onnx.load(str(art.file)), ["Conv"]) == ["head/Conv"]
     res, model, _ = quantize(setup, "head", keep_head_float=True, exclude_nodes=["m.cv*"])
     assert conv_inputs(model, "head/Conv") == ["Concat", "initializer", "initializer"]
@@ -162,7 +168,7 @@ def test_head_and_excluded_nodes_stay_float(setup):
     assert sorted(res.meta["quantization"]["float_nodes"]) == ["head/Conv", "m.cv1/Conv", "m.cv2/Conv"]
     assert res.summary["quantized_nodes"] == 2
     # A float node sharing its input with a quantized one reads the float tensor, not the Q/DQ copy.
-    node = lambda name: next(n for n in model.graph.node if n.name == name)  # noqa: E731
+    node = lambda name: next(n for n in model.graph.node if n.name == name)
     assert node("m.cv1/Conv").input[0] == "stem.o"
     assert producers(model)[node("side/Conv").input[0]].op_type == "DequantizeLinear"
     _, model, _ = quantize(setup, "side", exclude_nodes=["side/Conv"])  # `node` now looks in this model
@@ -195,7 +201,7 @@ def test_a_table_of_another_model_is_refused(setup, tmp_path):
 
 
 def test_bias_correction_removes_the_mean_shift(setup):
-    tmp, art, _, xs = setup
+    _, art, _, xs = setup
     ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
     shift = {}
     for bc in (False, True):
@@ -224,7 +230,7 @@ def test_bias_correction_needs_the_calibration_images(setup, tmp_path):
 
 
 def test_the_most_sensitive_tensor_is_found_and_its_consumers_kept_float(setup, tmp_path):
-    tmp, art, table, xs = setup
+    _, art, table, xs = setup
     t = json.loads((table.path / "table.json").read_text())
     lo, hi = t["tensors"]["m.cv1.o"]["min"], t["tensors"]["m.cv1.o"]["max"]
     t["tensors"]["m.cv1.o"] = {"min": lo * 60, "max": hi * 60}  # steps 60x too coarse: clearly the worst
