@@ -8,18 +8,11 @@ import warnings
 import pytest
 from PIL import Image
 
-from convert.base import Artifact, RunContext
 from convert.errors import ConvertError
 from passes.benchmark import Benchmark, BenchmarkConfig
 from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
-
-
-def step(pass_obj, tmp_path, name, **inputs):
-    out = tmp_path / name
-    out.mkdir()
-    res = pass_obj.run(inputs, out, RunContext(name, progress=False))
-    return Artifact(res.kind, out, res.main, res.meta, name), res
+from steps import step
 
 
 @pytest.fixture(scope="module")

@@ -9,23 +9,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convert.base import Artifact, RunContext
+from convert.base import Artifact
 from convert.errors import ConvertError
 from passes.compare import Compare, CompareConfig, agreement
 from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.truncate_head import TruncateHead, TruncateHeadConfig
+from steps import step
 
 # Randomly initialised models score up to ~7e-3 (YOLOv5's objectness prior): a low threshold gives
 # detections to compare, above the bulk of near-equal scores whose ranking float noise may flip.
 LOW_CONF = 2e-3
-
-
-def step(pass_obj, tmp_path, name, **inputs):
-    out = tmp_path / name
-    out.mkdir()
-    res = pass_obj.run(inputs, out, RunContext(name, progress=False))
-    return Artifact(res.kind, out, res.main, res.meta, name), res
 
 
 @pytest.fixture(scope="module")

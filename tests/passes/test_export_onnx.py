@@ -10,7 +10,6 @@ import onnx
 import pytest
 import torch
 
-from convert.base import Artifact, RunContext
 from convert.errors import ConvertError
 from convert.onnxutil import ort_session
 from convert.torchmodel import load_module
@@ -18,13 +17,7 @@ from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.simplify import Simplify, SimplifyConfig
 from passes.truncate_head import TruncateHead, TruncateHeadConfig
-
-
-def step(pass_obj, tmp_path, name, **inputs):
-    out = tmp_path / name
-    out.mkdir()
-    res = pass_obj.run(inputs, out, RunContext(name, progress=False))
-    return Artifact(res.kind, out, res.main, res.meta, name), res
+from steps import step
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,13 @@ from PIL import Image
 from pydantic import ValidationError
 
 from convert import onnxutil
-from convert.base import Artifact, RunContext
 from convert.errors import PassError
 from passes.calibrate import Calibrate, CalibrateConfig
 from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.openvino import OpenVINO, OpenVINOConfig, read_rt_info
 from passes.quantize import Quantize, QuantizeConfig
-
-
-def step(pass_obj, tmp_path, name, **inputs):
-    out = tmp_path / name
-    out.mkdir()
-    res = pass_obj.run(inputs, out, RunContext(name, progress=False))
-    return Artifact(res.kind, out, res.main, res.meta, name), res
+from steps import step
 
 
 def ov_outputs(xml, x: np.ndarray) -> list[np.ndarray]:
