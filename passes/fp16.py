@@ -11,7 +11,7 @@ activations become float16, except
   :attr:`FP16Config.block_ops`; :attr:`FP16Config.block_nodes` blocks single nodes by name.
 
 The FP16 model is run against the FP32 one under ONNX Runtime on sample photos (or noise, see
-:func:`check_feed`) and the largest output difference is reported (and gated with ``max_abs_diff``); a model holding
+:func:`convert.onnxutil.check_feed`) and the largest output difference is reported (and gated with ``max_abs_diff``); a model holding
 TensorRT plugin ops cannot run there and is converted unchecked.
 
 Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
@@ -118,7 +118,7 @@ class FP16(Pass):
 
 
 def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, float], float, str] | None:
-    """Runs both models under ONNX Runtime on the check input (:func:`check_feed`).
+    """Runs both models under ONNX Runtime on the check input (:func:`convert.onnxutil.check_feed`).
 
     Returns:
         (output name -> max abs difference, for float outputs; largest FP32 output magnitude;
@@ -134,7 +134,7 @@ def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, floa
     except Exception:  # onnxruntime's own exception types: an op it does not know
         return None
     half_sess = onnxutil.ort_session(fp16_path)
-    feed, kind = check_feed(ref_sess, meta, seed)
+    feed, kind = onnxutil.check_feed(ref_sess, meta, seed)
     half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
                  for i in half_sess.get_inputs()}
     names = [o.name for o in ref_sess.get_outputs()]
@@ -143,46 +143,6 @@ def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, floa
     diffs = {n: onnxutil.max_abs_diff([r], [g]) for n, r, g in floats}
     magnitude = max((float(np.abs(r).max()) for _, r, _ in floats if r.size), default=0.0)
     return diffs, magnitude, kind
-
-
-def check_feed(session, meta: dict, seed: int = 0, batch: int | None = None) -> tuple[dict, str]:
-    """The input that conversions are checked on: sample photos, else seeded noise.
-
-    Photos make a detector detect, so an end-to-end model (NMS in the graph) is compared on
-    actual detections, where uniform noise detects nothing. The photos are the built-in
-    calibration set (:mod:`calib.builtin`), preprocessed as the model's metadata says. Seeded
-    uniform [0,1) noise of the model's input size is used where scikit-image (which ships the
-    photos) is missing, or the model does not take one image.
-
-    Args:
-        session: An ONNX Runtime session of the reference model (for input names, shapes, types).
-        meta: The model's metadata (``preprocess``).
-        seed: Seed of the photo sample, or of the noise.
-        batch: Batch size for a dynamic batch dimension (default 2; a static one is kept).
-
-    Returns:
-        (input name -> array, ``"photos"`` or ``"random"``).
-    """
-    import numpy as np
-
-    from calib import data
-    from convert import onnxutil
-    from convert.errors import BackendMissing
-
-    inputs = session.get_inputs()
-    pp = meta.get("preprocess")
-    if len(inputs) == 1 and pp and len(inputs[0].shape) == 4:
-        n = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else batch or 2
-        dtype = np.float16 if "float16" in inputs[0].type else np.float32
-        try:
-            photos = data.CalibrationSet(data.resolve_source(None), n, seed)
-            x = next(data.batches(photos.samples(), pp, n))
-        except BackendMissing:
-            x = None
-        if x is not None and len(x) == n:
-            return {inputs[0].name: x.astype(dtype)}, "photos"
-    size = (pp or {}).get("size")
-    return onnxutil.random_feed(session, seed=seed, batch=batch or 1, size=tuple(size) if size else None), "random"
 
 
 def drop_duplicate_nodes(graph) -> None:

@@ -174,7 +174,7 @@ def read_rt_info(model) -> dict:
 def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str, float], str]:
     """Max abs difference per float output between the IR (OpenVINO, CPU, f32) and the ONNX model (ONNX Runtime).
 
-    Both run on the check input of :func:`passes.fp16.check_feed` (sample photos, else noise).
+    Both run on the check input of :func:`convert.onnxutil.check_feed` (sample photos, else noise).
     OpenVINO runs with its inference precision pinned to f32 (see
     :class:`convert.runtime.OpenVINORunner`), so an FP32 IR matches to float rounding.
 
@@ -185,7 +185,7 @@ def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str,
 
     from convert import onnxutil
     from convert.runtime import OpenVINORunner
-    from passes.fp16 import check_feed
+    from convert.onnxutil import check_feed
 
     ref_sess = onnxutil.ort_session(onnx_path)
     feed, kind = check_feed(ref_sess, meta, seed)
