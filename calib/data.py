@@ -91,6 +91,19 @@ class Source:
     candidates: tuple[Candidate, ...]
 
 
+def check_source(data: str | Path | None, kind: str = "auto", split: str = "train",
+                 images: str | Path | None = None, key: str = "data") -> None:
+    """For a pass config's validator: :func:`resolve_source`, its error raised as a ``ValueError``.
+
+    Pydantic reports a ``ValueError`` with the stage's key path, so a wrong calibration source
+    fails ``convert validate`` rather than the run.
+    """
+    try:
+        resolve_source(data, kind, split, images)
+    except ConvertError as e:
+        raise ValueError(f"{key}: {e.message}{' ' + e.hint if e.hint else ''}") from None
+
+
 def resolve_source(data: str | Path | None, kind: str = "auto", split: str = "train",
                    images: str | Path | None = None) -> Source:
     """Finds the candidate images of a calibration source (see the module docstring).

@@ -97,16 +97,13 @@ class CalibrateConfig(PassConfig):
     def _source(self):
         # Resolve the source now so that an empty or wrong source fails `convert validate`,
         # before any model is built. Listing a folder or reading a list file is cheap.
-        from calib.data import resolve_source
+        from calib.data import check_source
 
         if self.trt_cache is not None:
             if self.data is not None:
                 raise ValueError("give either data (to calibrate) or trt_cache (to import ranges), not both")
             return self
-        try:
-            resolve_source(self.data, self.source, self.split, self.images)
-        except ConvertError as e:
-            raise ValueError(f"{e.message}{' ' + e.hint if e.hint else ''}") from None
+        check_source(self.data, self.source, self.split, self.images)
         return self
 
 

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
-from convert.errors import ConvertError, PassError
+from convert.errors import PassError
 
 RT_INFO_SECTION = "convert"
 RT_INFO_KEYS = ("names", "preprocess", "head", "precision", "end2end", "truncated", "input", "outputs")
@@ -61,13 +61,10 @@ class OpenVINOConfig(PassConfig):
     @model_validator(mode="after")
     def _calibration_source(self):
         # Resolve the images now so that a wrong path fails `convert validate`, not the run.
-        from calib.data import resolve_source
+        from calib.data import check_source
 
         if self.quantize == "nncf":
-            try:
-                resolve_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images)
-            except ConvertError as e:
-                raise ValueError(f"calib_data: {e.message}{' ' + e.hint if e.hint else ''}") from None
+            check_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images, key="calib_data")
         return self
 
 

@@ -87,6 +87,10 @@ class TensorRTConfig(PassConfig):
             raise ValueError("calib_cache needs int8_calibrator: entropy2 or minmax (the cache's algorithm)")
         if self.calib_cache is not None and self.calib_data is not None:
             raise ValueError("give either calib_data (to calibrate) or calib_cache (to reuse a cache), not both")
+        if self.calib_data is not None:  # the built-in default needs no check; a given source may be wrong
+            from calib.data import check_source
+
+            check_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images, key="calib_data")
         return self
 
 

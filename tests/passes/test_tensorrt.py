@@ -87,6 +87,11 @@ def test_config_rejects_inconsistent_parameters(params, message):
         TensorRTConfig(**params)
 
 
+def test_config_rejects_a_calibration_folder_without_images(tmp_path):
+    with pytest.raises(ValidationError, match="calib_data: .*holds no image"):
+        TensorRTConfig(int8_calibrator="minmax", calib_data=tmp_path)
+
+
 def test_capabilities_read_from_the_api_names():
     class Flags:
         FP16 = INT8 = object()
