@@ -347,18 +347,36 @@ def calibrate(model_path: str | Path, input_name: str, batches: Iterable[np.ndar
             samples += sum(len(b) for b in chunk)
         ranges = {k: (_scalar(v.range_value[0]), _scalar(v.range_value[1]))
                   for k, v in calibrator.compute_data().items()}
-        params: dict = {}
-    else:
-        reader = BatchReader(input_name, batches)
-        calibrator = HistogramCalibrator(model_path, list(op_types or []), augmented, num_bins=num_bins)
-        calibrator.augment_graph()
-        calibrator.create_inference_session()
-        calibrator.collect_data(reader)
-        samples = reader.samples
-        ranges = calibrator.ranges(method, percentile=percentile, stride=stride)
-        params = {"num_bins": num_bins, **({"percentile": percentile} if method == "percentile" else {}),
-                  **({"stride": stride} if method == "entropy" else {})}
-    return CalibrationResult(ranges=ranges, samples=samples, params=params)
+        return CalibrationResult(ranges=ranges, samples=samples)
+    calibrator, samples = collect_histograms(model_path, input_name, batches, workdir, op_types, num_bins)
+    return CalibrationResult(ranges=calibrator.ranges(method, percentile=percentile, stride=stride), samples=samples,
+                             params=method_params(method, num_bins, percentile, stride))
+
+
+def collect_histograms(model_path: str | Path, input_name: str, batches: Iterable[np.ndarray],
+                       workdir: str | Path, op_types: Sequence[str] | None = None,
+                       num_bins: int = NUM_BINS) -> tuple[HistogramCalibrator, int]:
+    """One statistics pass over the batches, from which every method's ranges can be read.
+
+    Returns:
+        The calibrator (its :meth:`HistogramCalibrator.ranges` gives any method's ranges; its
+        ``minmax`` ranges equal ONNX Runtime's MinMax calibration) and the number of samples.
+    """
+    reader = BatchReader(input_name, batches)
+    calibrator = HistogramCalibrator(model_path, list(op_types or []), Path(workdir) / "augmented.onnx",
+                                     num_bins=num_bins)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    calibrator.collect_data(reader)
+    return calibrator, reader.samples
+
+
+def method_params(method: str, num_bins: int = NUM_BINS, percentile: float = 99.99, stride: int = 1) -> dict:
+    """The parameters of ``method`` that shaped its ranges, for the record."""
+    if method == "minmax":
+        return {}
+    return {"num_bins": num_bins, **({"percentile": percentile} if method == "percentile" else {}),
+            **({"stride": stride} if method == "entropy" else {})}
 
 
 def _scalar(v) -> float:

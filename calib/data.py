@@ -84,11 +84,13 @@ class Source:
         kind: The source kind (never ``auto``).
         location: The path given (or ``builtin``).
         candidates: Images that may be drawn, sorted by name.
+        images_root: For a COCO source, the folder its ``file_name`` entries are relative to.
     """
 
     kind: str
     location: str
     candidates: tuple[Candidate, ...]
+    images_root: Path | None = None
 
 
 def check_source(data: str | Path | None, kind: str = "auto", split: str = "train",
@@ -143,11 +145,12 @@ def resolve_source(data: str | Path | None, kind: str = "auto", split: str = "tr
     elif kind == "yolo":
         cands = _from_files(_yolo_files(path, split), path if path.is_dir() else path.parent)
     else:
-        cands = _from_files(*_coco_files(path, images))
+        files, root = _coco_files(path, images)
+        cands = _from_files(files, root)
     if not cands:
         raise ConvertError(f"calibration data {path} ({kind}) holds no image.",
                            hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}.")
-    return Source(kind, str(path), cands)
+    return Source(kind, str(path), cands, root if kind == "coco" else None)
 
 
 def _guess_kind(path: Path) -> str:

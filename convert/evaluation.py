@@ -130,7 +130,7 @@ def _exif_size(path: Path) -> tuple[int, int]:
     return w, h
 
 
-def yolo_label_path(image: Path, images_root: Path, labels_root: Path | None) -> Path:
+def yolo_label_path(image: Path, images_root: Path | None, labels_root: Path | None) -> Path:
     """Where the YOLO label of ``image`` is.
 
     With ``labels_root`` the label mirrors the image's path under ``images_root``; otherwise the
@@ -169,7 +169,20 @@ def load_yolo(images: str | Path, names: list[str], labels: str | Path | None = 
     paths = list_images(root)[:max_images]
     if not paths:
         raise ConvertError(f"no images found under {root}.", hint="point `data` at a folder of images.")
-    labels_root = Path(labels) if labels is not None else None
+    return yolo_dataset(paths, names, nk, Path(labels) if labels is not None else None, root)
+
+
+def yolo_dataset(paths: list[Path], names: list[str], nk: int = 0, labels_root: Path | None = None,
+                 images_root: Path | None = None) -> Dataset:
+    """A dataset of the given image files with YOLO-format labels (see :func:`load_yolo`).
+
+    Args:
+        paths: The image files, in evaluation order.
+        names: Class names of the model.
+        nk: Keypoints per object.
+        labels_root: Folder of labels mirroring ``images_root``; default: the YOLO convention.
+        images_root: The folder ``paths`` are under (needed with ``labels_root``).
+    """
     nc = len(names)
     gt_images, anns = [], []
     entries = []
@@ -177,7 +190,7 @@ def load_yolo(images: str | Path, names: list[str], labels: str | Path | None = 
         w, h = _exif_size(path)
         entries.append(ImageEntry(path, image_id))
         gt_images.append({"id": image_id, "file_name": path.name, "width": w, "height": h})
-        label = yolo_label_path(path, root, labels_root)
+        label = yolo_label_path(path, images_root, labels_root)
         if not label.is_file():
             continue
         for line_no, line in enumerate(label.read_text().splitlines(), 1):
@@ -191,7 +204,21 @@ def load_yolo(images: str | Path, names: list[str], labels: str | Path | None = 
             anns.append(_yolo_annotation(row, w, h, nc, nk, where, image_id, len(anns) + 1))
     gt = {"images": gt_images, "annotations": anns,
           "categories": [_category(i, n, nk) for i, n in enumerate(names)]}
-    return Dataset(entries, gt, list(names), list(range(nc)), nk, source=f"YOLO labels ({labels or 'beside images'})")
+    return Dataset(entries, gt, list(names), list(range(nc)), nk,
+                   source=f"YOLO labels ({labels_root or 'beside images'})")
+
+
+def class_names(meta: dict[str, Any]) -> list[str]:
+    """The class names a model artifact records (``meta.names``, else ``meta.head.names``).
+
+    Raises:
+        ConvertError: It records none.
+    """
+    names = list(meta.get("names") or (meta.get("head") or {}).get("names") or [])
+    if not names:
+        raise ConvertError("the model records no class names (meta 'names').",
+                           hint="load it with the load pass, which records them.")
+    return names
 
 
 def _category(cid: int, name: str, nk: int) -> dict[str, Any]:

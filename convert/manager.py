@@ -52,7 +52,11 @@ def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests
     """What a stage's cache key is the hash of (see the module docstring)."""
     config = stage.config.model_dump(mode="json")
     for fname, digests in file_digests.items():
-        config[fname] = digests if isinstance(getattr(stage.config, fname), (list, tuple)) else digests[0]
+        *parents, leaf = fname.split(".")  # nested configs: auto.data
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = digests if isinstance(node[leaf], list) else digests[0]
     return {"schema": KEY_SCHEMA, "pass": stage.pass_name, "version": stage.pass_cls.version,
             "config": config, "inputs": input_digests, "tools": tools}
 

@@ -317,15 +317,20 @@ def _bind_inputs(pass_cls, raw, kp, stages, outputs, fail) -> dict[str, list[str
 
 
 def input_files(config: PassConfig) -> dict[str, list[Path]]:
-    """Returns the config's file fields (see :class:`~convert.base.InputFile`) that are set."""
+    """Returns the config's file fields (see :class:`~convert.base.InputFile`) that are set.
+
+    Fields of nested configs (a sub-model such as ``auto`` of calibrate) are found too, under
+    their dotted path (``auto.data``).
+    """
     found: dict[str, list[Path]] = {}
     for fname, finfo in type(config).model_fields.items():
-        if not _has_input_file(finfo.annotation, finfo.metadata):
-            continue
         value = getattr(config, fname)
         if value is None:
             continue
-        found[fname] = [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
+        if isinstance(value, PassConfig):
+            found.update({f"{fname}.{k}": v for k, v in input_files(value).items()})
+        elif _has_input_file(finfo.annotation, finfo.metadata):
+            found[fname] = [Path(v) for v in value] if isinstance(value, (list, tuple)) else [Path(value)]
     return found
 
 

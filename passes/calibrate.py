@@ -15,6 +15,11 @@ Writes a ``calib_table`` artifact:
 
 Calibrate the network body (the truncated-head ONNX), before post-processing is attached:
 decode and NMS are never quantized.
+
+``method: auto`` measures instead of guessing (:mod:`calib.auto`): each of ``auto.candidates`` is
+quantized with ``auto.quantize`` (give it the quantize stage's settings) and scored with COCO mAP
+on labelled images calibration did not use; the table holds the best method's ranges and, under
+``selection``, every candidate's figures, the float model's, and the held-out images used.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
-from convert.errors import ConvertError, PassError
+from convert.errors import BackendMissing, ConvertError, PassError
+from passes.quantize import QuantizeConfig
 
 TABLE_FORMAT = 1
 SAMPLES_DIR = "samples"
@@ -38,6 +44,39 @@ def _default_trt_version() -> str:
         return version("tensorrt")
     except PackageNotFoundError:
         return "10.0.1"
+
+
+Method = Literal["minmax", "entropy", "percentile", "mse"]
+
+
+class AutoConfig(PassConfig):
+    """Settings of ``method: auto``: which methods are tried and how they are scored."""
+
+    candidates: list[Method] = Field(["minmax", "entropy", "percentile"], min_length=1,
+                                     description="methods tried, in order of preference on a tie")
+    metric: Literal["mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50"] | None = Field(
+        None, description="figure maximised on the held-out images (default: kpt_mAP50-95 for a pose model, "
+        "else mAP50-95)")
+    data: InputPath | None = Field(None, description="labelled images to score on: a YOLO dataset (directory or "
+                                   "YAML) or a COCO annotation JSON; default: the images of the calibration source "
+                                   "that calibration did not use (calibration images are always left out)")
+    source: Literal["auto", "folder", "list", "yolo", "coco"] = Field(
+        "auto", description="kind of auto.data (auto: guessed from the path)")
+    split: str = Field("val", min_length=1, description="split of a YOLO auto.data")
+    images: InputPath | None = Field(None, description="image folder of a COCO auto.data")
+    max_images: int = Field(64, ge=1, description="held-out images scored (drawn with the calibration seed)")
+    threads: int | None = Field(None, ge=1, description="ONNX Runtime threads while scoring")
+    quantize: QuantizeConfig = Field(
+        default_factory=QuantizeConfig, description="how each candidate is quantized: give the quantize "
+        "stage's settings, e.g. `quantize: ${stages.quantize.with}`, so the choice is made for the model that "
+        "will be built")
+
+    @field_validator("candidates")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError(f"candidates {v} lists a method twice")
+        return v
 
 
 class CalibrateConfig(PassConfig):
@@ -57,10 +96,14 @@ class CalibrateConfig(PassConfig):
     preprocess: dict[str, Any] | None = Field(
         None, description="preprocessing overrides (keys of convert/preprocess.py) for a model whose artifact "
         "records none; by default calibration uses the model's own meta.preprocess")
-    method: Literal["minmax", "entropy", "percentile", "mse"] = Field(
+    method: Literal["minmax", "entropy", "percentile", "mse", "auto"] = Field(
         "minmax", description="minmax: true extremes; entropy: TensorRT's KL-divergence threshold; "
-        "percentile: a percentile of |x|; mse: least expected squared INT8 error. The clipping methods lose the "
+        "percentile: a percentile of |x|; mse: least expected squared INT8 error; auto: quantize with each of "
+        "auto.candidates, score on labelled held-out images, keep the best. The clipping methods lose the "
         "rare large activations of SiLU networks (YOLOv5n on coco128: minmax best, entropy far worst)")
+    auto: AutoConfig | None = Field(None, description="settings of method auto (defaults apply when omitted); "
+                                    "dropped with any other method, so a spec switches methods with one override "
+                                    "and a non-auto calibration is not re-keyed by them")
     percentile: float = Field(99.99, gt=50, le=100, description="percentile of |x| kept by method percentile")
     num_bins: int = Field(2048, ge=256, description="histogram bins of the entropy, percentile and mse methods")
     entropy_stride: int = Field(1, ge=1, description="step between candidate thresholds of method entropy, in bins")
@@ -93,6 +136,13 @@ class CalibrateConfig(PassConfig):
             raise ValueError(e.message) from None
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_auto(cls, values):
+        if isinstance(values, dict) and values.get("method", "minmax") != "auto":
+            values = {k: v for k, v in values.items() if k != "auto"}
+        return values
+
     @model_validator(mode="after")
     def _source(self):
         # Resolve the source now so that an empty or wrong source fails `convert validate`,
@@ -102,8 +152,18 @@ class CalibrateConfig(PassConfig):
         if self.trt_cache is not None:
             if self.data is not None:
                 raise ValueError("give either data (to calibrate) or trt_cache (to import ranges), not both")
+            if self.method == "auto":
+                raise ValueError("method auto calibrates; it cannot be combined with an imported trt_cache")
             return self
         check_source(self.data, self.source, self.split, self.images)
+        if self.method == "auto":
+            auto = self.auto or AutoConfig()
+            if auto.data is not None:
+                check_source(auto.data, auto.source, auto.split, auto.images, key="auto.data")
+            elif self.data is None:
+                raise ValueError("method auto scores each method on labelled images, and the built-in calibration "
+                                 "set has no labels; give data (a YOLO dataset or COCO annotation file) or "
+                                 "auto.data")
         return self
 
 
@@ -131,6 +191,7 @@ class Calibrate(Pass):
             raise PassError(f"the model is {model.meta['precision']}; calibration needs the float32 model.",
                             hint="calibrate the output of export_onnx/simplify, before fp16.")
         inp = data.model_input(model.file)
+        selection = None
         if c.trt_cache is not None:
             cache = trt_cache.read_cache(c.trt_cache)
             graph = onnx.load(str(model.file), load_external_data=False).graph
@@ -149,16 +210,26 @@ class Calibrate(Pass):
                               total=math.ceil(cset.expected / c.batch_size), desc=f"{c.method} calibration")
             with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
                 try:
-                    result = calibrators.calibrate(model.file, inp.name, batches, c.method, tmp, op_types=c.op_types,
-                                                   percentile=c.percentile, num_bins=c.num_bins,
-                                                   stride=c.entropy_stride)
+                    if c.method == "auto":  # one statistics pass serves every candidate
+                        stats, samples = calibrators.collect_histograms(model.file, inp.name, batches, tmp,
+                                                                        c.op_types, c.num_bins)
+                        candidates = {m: stats.ranges(m, c.percentile, c.entropy_stride)
+                                      for m in (c.auto or AutoConfig()).candidates}
+                    else:
+                        result = calibrators.calibrate(model.file, inp.name, batches, c.method, tmp,
+                                                       op_types=c.op_types, percentile=c.percentile,
+                                                       num_bins=c.num_bins, stride=c.entropy_stride)
+                        ranges, samples, params, method = result.ranges, result.samples, result.params, c.method
                 except ConvertError:
                     raise
                 except Exception as e:  # ONNX Runtime's errors: the model cannot run on these inputs
                     raise PassError(f"running the model on calibration data failed: {type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:300]}",
                                     hint="check that stages.*.with.preprocess matches the model's input.") from None
-            ranges, samples, params, method = result.ranges, result.samples, result.params, c.method
+            if c.method == "auto":
+                selection = self._select(model, candidates, cset, out / SAMPLES_DIR, pp, ctx)
+                method, ranges = selection.method, selection.ranges
+                params = calibrators.method_params(method, c.num_bins, c.percentile, c.entropy_stride)
             record = cset.record()
             record["samples"] = sorted(p.relative_to(out).as_posix() for p in (out / SAMPLES_DIR).iterdir())
         if not ranges:
@@ -168,13 +239,50 @@ class Calibrate(Pass):
                  "model": {"digest": model.digest, "input": inp.name, "input_shape": list(inp.shape)},
                  "preprocess": pp, "data": record,
                  "tensors": {k: {"min": float(lo), "max": float(hi)} for k, (lo, hi) in sorted(ranges.items())}}
+        if selection is not None:
+            table["selection"] = selection.record
         (out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
         trt_cache.write_cache(ranges, out / "calibration.cache", c.trt_version)
         meta = {"method": method, "num_samples": samples, "model_digest": model.digest,
                 "data_digest": record.get("digest"), "preprocess": pp, "tensors": len(ranges)}
         summary = {"method": method, "num_samples": samples, "tensors": len(ranges),
                    "skipped": len(record.get("skipped", [])), "data_digest": (record.get("digest") or "")[:12]}
+        if selection is not None:
+            sel = selection.record
+            metric = sel["metric"]
+            meta["selection"] = {"metric": metric, "chosen": method, "fp32": sel["fp32"]["metrics"][metric],
+                                 "scores": {m: r["metrics"][metric] for m, r in sel["candidates"].items()}}
+            # Method and scores first: the run's one-line report shows the first few figures.
+            summary = {"method": f"{method} (auto, {metric})", **meta["selection"]["scores"],
+                       "fp32": meta["selection"]["fp32"], **{k: v for k, v in summary.items() if k != "method"}}
         return PassResult("calib_table", "table.json", meta, summary)
+
+    def _select(self, model, candidates, cset, samples_dir, pp, ctx):
+        """``method: auto``: scores each candidate's ranges on held-out labelled images (:mod:`calib.auto`)."""
+        import importlib.util
+
+        from calib import auto as selection
+        from calib.calibrators import method_params
+        from calib.data import resolve_source
+        from convert.evaluation import class_names
+        from passes.quantize import calibration_batches
+
+        c: CalibrateConfig = self.config
+        a = c.auto or AutoConfig()
+        where = f"stages.{ctx.stage}.with.auto"
+        if importlib.util.find_spec("pycocotools") is None:
+            raise BackendMissing("method auto scores candidates with COCO mAP, which needs pycocotools.",
+                                 hint="pip install 'convert[eval]' (or pycocotools), or choose a method.")
+        source = resolve_source(a.data, a.source, a.split, a.images) if a.data is not None else cset.source
+        used_names = {n for n, _ in cset.used}
+        used = {cand.path for cand in cset.source.candidates if cand.name in used_names and cand.path is not None}
+        meta = {**model.meta, "preprocess": pp}
+        nk = int((meta.get("head") or {}).get("nk") or 0)
+        dataset = selection.holdout_dataset(source, used, class_names(meta), nk, a.max_images, c.seed)
+        samples = sorted(samples_dir.iterdir())
+        params = {m: method_params(m, c.num_bins, c.percentile, c.entropy_stride) for m in candidates}
+        return selection.select(model.file, meta, candidates, params, dataset, a.quantize,
+                                lambda: calibration_batches(samples, pp), a.metric, where, a.threads, ctx)
 
 
 def _keep(samples, folder):

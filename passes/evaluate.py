@@ -94,7 +94,7 @@ class Evaluate(Pass):
     requires = ("pycocotools",)
 
     def run(self, inputs, out, ctx) -> PassResult:
-        from convert.evaluation import evaluate_model, load_dataset
+        from convert.evaluation import class_names, evaluate_model, load_dataset
         from convert.runtime import load_runner, model_info
 
         c: EvaluateConfig = self.config
@@ -104,11 +104,7 @@ class Evaluate(Pass):
         label = c.label or info["label"]
         meta = model.meta
         nk = int((meta.get("head") or {}).get("nk") or 0)
-        names = list(meta.get("names") or (meta.get("head") or {}).get("names") or [])
-        if not names:
-            raise ConvertError("the model records no class names (meta 'names').",
-                               hint="load it with the load pass, which records them.")
-        dataset = load_dataset(c.data, names, c.labels, c.annotations, nk, c.max_images)
+        dataset = load_dataset(c.data, class_names(meta), c.labels, c.annotations, nk, c.max_images)
         settings = {"conf": c.conf, "iou": c.iou, "max_det": c.max_det, "end2end": info["end2end"],
                     "in_graph_nms": meta.get("postprocess") if info["end2end"] else None,
                     "preprocess": meta.get("preprocess"), "kpt_sigmas": c.kpt_sigmas}

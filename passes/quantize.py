@@ -41,8 +41,11 @@ the form OpenVINO's CPU plugin runs correctly (see there).
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import json
-from typing import Literal
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -94,62 +97,100 @@ class Quantize(Pass):
             raise PassError(f"the model is {art.meta['precision']}; quantization needs the float32 model.")
         table = read_table(table_art.file)
         model = onnx.load(str(art.file))
-        plan = plan_nodes(model, c, f"stages.{ctx.stage}.with")
-        ranges = table["ranges"]
-        needed = activation_inputs(model, plan.quantized)
-        missing = [t for t in needed if t not in ranges]
-        if missing:
-            raise PassError(f"the calibration table has no range for {len(missing)} tensor(s) the quantized nodes "
-                            f"read (first: {missing[0]!r}).",
-                            hint="calibrate this same model (the table's model digest must match), with op_types "
-                            "covering the quantized nodes.")
-        if (c.keep_float_sensitive or c.bias_correction) and not table["samples"]:
-            raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
-                            f"has none (method {table['method']}).",
-                            hint=f"set stages.{ctx.stage}.with.bias_correction: false and keep_float_sensitive: 0 "
-                            "for an imported table.")
-        sensitive: dict[str, float] = {}
-        if c.keep_float_sensitive:
-            errors = activation_sensitivity(model, {t: ranges[t] for t in needed},
-                                            list(self._batches(table_art, table, c.sensitivity_samples)),
-                                            c.activation_type, ctx)
-            sensitive = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:c.keep_float_sensitive])
-            plan = plan.keep_float(consumers_of(model, plan.quantized, set(sensitive)))
-            if not plan.quantized:  # ONNX Runtime reads an empty node list as "quantize everything"
-                raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",
-                                hint=f"lower stages.{ctx.stage}.with.keep_float_sensitive.")
-            needed = activation_inputs(model, plan.quantized)
-        qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
-                              c.per_channel, c.op_types)
-        restore_float_inputs(qmodel, plan.kept_float)
-        corrected: dict[str, float] = {}
-        if c.bias_correction:
-            corrected = correct_biases(model, qmodel, self._batches(table_art, table), ctx)
+        samples = [table_art.path / rel for rel in table["samples"]]
+        batches = (lambda: calibration_batches(samples, table["preprocess"])) if samples else None
+        q = quantize_model(model, table["ranges"], c, batches, f"stages.{ctx.stage}.with", ctx, table["method"])
         meta = {**art.meta, "precision": "int8",
                 "quantization": {"format": "qdq", "activations": c.activation_type,
                                  "symmetric_activations": c.activation_type == "int8",
                                  "weights": "int8 per-channel" if c.per_channel else "int8 per-tensor",
                                  "calibration": table["method"], "calibration_samples": table["num_samples"],
-                                 "bias_correction": bool(corrected), "float_nodes": plan.kept_float,
-                                 "sensitive_tensors": sensitive}}
-        onnxutil.set_metadata(qmodel, meta)
-        onnxutil.save(qmodel, out / "model.onnx")
-        counts = {op: sum(1 for n in qmodel.graph.node if n.op_type == op)
+                                 "bias_correction": bool(q.corrected), "float_nodes": q.plan.kept_float,
+                                 "sensitive_tensors": q.sensitive}}
+        onnxutil.set_metadata(q.model, meta)
+        onnxutil.save(q.model, out / "model.onnx")
+        counts = {op: sum(1 for n in q.model.graph.node if n.op_type == op)
                   for op in ("QuantizeLinear", "DequantizeLinear")}
-        summary = {"quantized_nodes": len(plan.quantized), "float_weighted_nodes": len(plan.kept_float),
+        summary = {"quantized_nodes": len(q.plan.quantized), "float_weighted_nodes": len(q.plan.kept_float),
                    "q_nodes": counts["QuantizeLinear"], "dq_nodes": counts["DequantizeLinear"],
                    "calibration": table["method"], "table_matches_model": table["model_digest"] == art.digest}
-        if corrected:
-            summary["bias_shift_mean"] = float(sum(corrected.values()) / len(corrected))
+        if q.corrected:
+            summary["bias_shift_mean"] = float(sum(q.corrected.values()) / len(q.corrected))
         return PassResult("onnx", "model.onnx", meta, summary)
 
-    @staticmethod
-    def _batches(table_art, table, limit: int | None = None):
-        """The calibration images kept in the table artifact, preprocessed as they were for calibration."""
-        from convert.preprocess import load_image, preprocess
 
-        for rel in table["samples"][:limit]:
-            yield preprocess(load_image(table_art.path / rel), table["preprocess"])[0]
+@dataclass
+class Quantized:
+    """What :func:`quantize_model` made.
+
+    Attributes:
+        model: The Q/DQ model (``onnx.ModelProto``).
+        plan: Which weighted nodes were quantized and which kept float.
+        sensitive: Tensors found most sensitive (kept float), with their error.
+        corrected: Convolution -> mean absolute bias correction.
+    """
+
+    model: Any
+    plan: NodePlan
+    sensitive: dict[str, float]
+    corrected: dict[str, float]
+
+
+def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeConfig,
+                   batches: Callable[[], Iterable] | None,
+                   where: str, ctx=None, method: str = "") -> Quantized:
+    """Quantizes a float model with given ranges and settings: the work of the pass, reusable.
+
+    Args:
+        model: The float model (``onnx.ModelProto``); unnamed nodes get names in place.
+        ranges: Calibrated range of (at least) every activation the quantized nodes read.
+        c: The settings.
+        batches: Returns a fresh iterator over the calibration input batches (for sensitivity and
+            bias correction; called once per use, so images stream), or None if there are none
+            (an imported table).
+        where: Key path of the settings, for messages (``stages.quantize.with``).
+        ctx: Run context, for progress bars.
+        method: Calibration method of the ranges, for messages.
+
+    Raises:
+        PassError: A range is missing, the settings need calibration images that are not
+            there, or they leave nothing to quantize.
+    """
+    plan = plan_nodes(model, c, where)
+    needed = activation_inputs(model, plan.quantized)
+    missing = [t for t in needed if t not in ranges]
+    if missing:
+        raise PassError(f"the calibration table has no range for {len(missing)} tensor(s) the quantized nodes "
+                        f"read (first: {missing[0]!r}).",
+                        hint="calibrate this same model (the table's model digest must match), with op_types "
+                        "covering the quantized nodes.")
+    if (c.keep_float_sensitive or c.bias_correction) and batches is None:
+        raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
+                        f"has none (method {method}).",
+                        hint=f"set {where}.bias_correction: false and keep_float_sensitive: 0 for an imported table.")
+    sensitive: dict[str, float] = {}
+    if c.keep_float_sensitive:
+        probe = list(itertools.islice(batches(), c.sensitivity_samples))
+        errors = activation_sensitivity(model, {t: ranges[t] for t in needed}, probe, c.activation_type, ctx)
+        sensitive = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:c.keep_float_sensitive])
+        plan = plan.keep_float(consumers_of(model, plan.quantized, set(sensitive)))
+        if not plan.quantized:  # ONNX Runtime reads an empty node list as "quantize everything"
+            raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",
+                            hint=f"lower {where}.keep_float_sensitive.")
+        needed = activation_inputs(model, plan.quantized)
+    qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
+                          c.per_channel, c.op_types)
+    restore_float_inputs(qmodel, plan.kept_float)
+    corrected = correct_biases(model, qmodel, batches(), ctx) if c.bias_correction else {}
+    return Quantized(qmodel, plan, sensitive, corrected)
+
+
+def calibration_batches(paths, pp: dict) -> Iterator:
+    """Calibration images (files kept in a table artifact) preprocessed as they were for calibration."""
+    from convert.preprocess import load_image, preprocess
+
+    for path in paths:
+        yield preprocess(load_image(path), pp)[0]
 
 
 def read_table(path) -> dict:

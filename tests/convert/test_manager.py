@@ -55,6 +55,20 @@ def test_rerun_is_cached_and_change_reruns_only_downstream(env, tmp_path):
     assert statuses(env("stages.u.with.times=3")) == {"w": "ran", "u": "ran", "v": "ran"}
 
 
+def test_a_file_in_a_nested_config_is_keyed_by_content_and_checked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("xyz")
+    (tmp_path / "s.yaml").write_text("stages: {n: {pass: toy_nested, with: {sub: {text: a, src: data.txt}}}}")
+    run = lambda: Manager(load_spec("s.yaml"), Store(tmp_path / "store"), tmp_path / "a", progress=False).run()
+    assert statuses(run()) == {"n": "ran"}
+    assert statuses(run()) == {"n": "cached"}
+    (tmp_path / "data.txt").write_text("changed")
+    assert statuses(run()) == {"n": "ran"}
+    (tmp_path / "data.txt").unlink()
+    with pytest.raises(ConvertError, match=r"stages\.n\.with\.sub\.src: file 'data.txt' not found"):
+        run()
+
+
 def test_same_output_downstream_stays_cached(env):
     env()
     # v's output depends only on u's output: re-running u with force yields equal bytes, so v stays cached

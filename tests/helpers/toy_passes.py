@@ -82,3 +82,21 @@ class Join(Pass):
     def run(self, inputs, out, ctx):
         (out / "out.txt").write_text("+".join(a.file.read_text() for a in inputs["parts"]))
         return PassResult("text", "out.txt")
+
+
+class NestedConfig(PassConfig):
+    sub: WriteConfig = Field(default_factory=WriteConfig, description="a nested config with a file field")
+
+
+@register_pass
+class Nested(Pass):
+    """Writes its nested config's text and file content (a file field one level down)."""
+
+    name = "toy_nested"
+    Config = NestedConfig
+    output = "text"
+
+    def run(self, inputs, out, ctx):
+        c = self.config.sub
+        (out / "out.txt").write_text(c.text + (c.src.read_text() if c.src else ""))
+        return PassResult("text", "out.txt", {})

@@ -1,0 +1,140 @@
+"""``method: auto``: choose the calibration method by the accuracy it gives, not by its statistics.
+
+One statistics pass over the calibration images gives every candidate's ranges
+(:func:`calib.calibrators.collect_histograms`). For each candidate, the float model is quantized
+with those ranges and the given quantize settings (best: the spec's quantize stage's own), run on
+ONNX Runtime over labelled held-out images (images of the source that calibration did not use),
+and scored with COCO mAP (:func:`convert.evaluation.evaluate_model`). The best score wins; a tie
+goes to the candidate listed first. The float model is scored on the same images, so each
+candidate's drop is known.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from calib.data import Source
+from convert.errors import ConvertError
+
+
+def holdout_dataset(source: Source, exclude: set[Path], names: list[str], nk: int, max_images: int, seed: int):
+    """Labelled images of ``source`` that are not in ``exclude`` (the calibration images).
+
+    A COCO source brings its annotation file; any other source its YOLO labels (the last
+    ``images`` folder of each path replaced by ``labels``). Up to ``max_images`` images are
+    drawn in a seeded random order, then evaluated in path order.
+
+    Returns:
+        A :class:`convert.evaluation.Dataset`.
+
+    Raises:
+        ConvertError: No image is left, or the images left have no labels.
+    """
+    from convert.evaluation import load_coco, yolo_dataset, yolo_label_path
+
+    drop = {p.resolve() for p in exclude}
+    paths = [c.path for c in source.candidates if c.path is not None and c.path.resolve() not in drop]
+    if not paths:
+        raise ConvertError(f"{source.location}: no image is left to score calibration methods on: all "
+                           f"{len(source.candidates)} are used for calibration.",
+                           hint="lower num, or give labelled held-out images in auto.data.")
+    random.Random(seed).shuffle(paths)
+    paths = sorted(paths[:max_images])
+    if source.kind == "coco":
+        keep = {p.resolve() for p in paths}
+        ds = load_coco(source.location, source.images_root, names)
+        if ds.nk != nk:
+            raise ConvertError(f"the model predicts {nk} keypoints but {source.location} has {ds.nk}.")
+        ds = ds.subset(i for i, im in enumerate(ds.images) if im.path.resolve() in keep)
+    else:
+        ds = yolo_dataset(paths, names, nk)
+    if not ds.gt["annotations"]:
+        where = (f"e.g. {yolo_label_path(paths[0], None, None)}" if source.kind != "coco" else source.location)
+        raise ConvertError(f"the {len(ds)} held-out images of {source.location} have no labels ({where}); "
+                           "calibration methods cannot be scored on them.",
+                           hint="give a YOLO dataset (images/ and labels/) or a COCO annotation file, in data or "
+                           "in auto.data.")
+    return ds
+
+
+def pick(scores: dict[str, float]) -> str:
+    """The best candidate: the highest score, the one listed first on a tie."""
+    order = list(scores)
+    return max(order, key=lambda m: (scores[m], -order.index(m)))
+
+
+@dataclass
+class Selection:
+    """The outcome of :func:`select`.
+
+    Attributes:
+        method: The chosen method.
+        ranges: Its ranges.
+        record: What was compared, for the table (``selection``).
+    """
+
+    method: str
+    ranges: dict[str, tuple[float, float]]
+    record: dict[str, Any]
+
+
+def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[str, tuple[float, float]]],
+           params: dict[str, dict], dataset, quantize, batches, metric: str | None, where: str,
+           threads: int | None = None, ctx=None) -> Selection:
+    """Quantizes the model with each candidate's ranges, scores each on ``dataset``, keeps the best.
+
+    Args:
+        model_file: The float ONNX model.
+        meta: Its artifact metadata (preprocessing, head, names).
+        candidates: Method -> ranges, in order of preference on a tie.
+        params: Method -> the parameters of its ranges (for the record).
+        dataset: Labelled held-out images (:func:`holdout_dataset`).
+        quantize: :class:`passes.quantize.QuantizeConfig` of the candidate models.
+        batches: Fresh iterator over the calibration batches, as
+            :func:`passes.quantize.quantize_model` takes it.
+        metric: Figure to maximise; None: ``kpt_mAP50-95`` for a pose model, else ``mAP50-95``.
+        where: Key path of the auto settings, for messages.
+        threads: ONNX Runtime threads.
+        ctx: Run context, for progress bars.
+
+    Raises:
+        ConvertError: The metric does not exist for this model, or a candidate cannot be quantized.
+    """
+    import onnx
+
+    from convert import onnxutil
+    from convert.evaluation import METRICS, evaluate_model
+    from convert.runtime import OrtRunner
+    from passes.quantize import quantize_model
+
+    metric = metric or ("kpt_mAP50-95" if dataset.nk else "mAP50-95")
+    if metric.startswith("kpt_") and not dataset.nk:
+        raise ConvertError(f"{where}.metric: {metric} needs a pose model; this one predicts no keypoints.",
+                           hint="use mAP50-95 or mAP50.")
+
+    def score(path: Path, label: str) -> dict[str, Any]:
+        bar = (lambda it, **kw: ctx.bar(it, **{**kw, "desc": f"auto: {label}"})) if ctx else None
+        figures = evaluate_model(OrtRunner(path, threads), dataset, meta, bar=bar)
+        return {"metrics": {k: figures[k] for k in METRICS if k in figures}, "seconds": figures["seconds"]}
+
+    reference = score(model_file, "fp32")
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="calibrate-auto-") as tmp:
+        for method, ranges in candidates.items():
+            q = quantize_model(onnx.load(str(model_file)), ranges, quantize, batches, f"{where}.quantize", ctx,
+                               method)
+            path = Path(tmp) / f"{method}.onnx"
+            onnxutil.save(q.model, path)
+            results[method] = {"params": params.get(method, {}), **score(path, method)}
+            results[method]["drop"] = reference["metrics"][metric] - results[method]["metrics"][metric]
+    chosen = pick({m: r["metrics"][metric] for m, r in results.items()})
+    record = {"metric": metric, "chosen": chosen, "backend": "onnxruntime", "fp32": reference,
+              "candidates": results, "quantize": quantize.model_dump(mode="json"),
+              "holdout": {"source": dataset.source, "images": len(dataset), "fingerprint": dataset.fingerprint(),
+                          "instances": len(dataset.gt["annotations"]),
+                          "files": [im.path.name for im in dataset.images]}}
+    return Selection(chosen, candidates[chosen], record)
