@@ -45,6 +45,8 @@ class RunData:
         manifest: The version's manifest, or None.
         stage_of: Model artifact digest -> the stage that produced it.
         artifacts: Model stages: ``stage``, ``kind``, ``precision``, ``size_bytes``, ``files``.
+        selections: Calibration method choices (``method: auto``): the table's ``selection``
+            plus ``_stage``.
     """
 
     title: str
@@ -52,6 +54,7 @@ class RunData:
     manifest: dict[str, Any] | None = None
     stage_of: dict[str, str] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
+    selections: list[dict[str, Any]] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("type") == kind]
@@ -81,6 +84,10 @@ def load_version(path: Path) -> RunData:
         if art["kind"] == "metrics":
             record = json.loads((sdir / art["main"]).read_text())
             data.records.append({**record, "_stage": name})
+        elif art["kind"] == "calib_table":
+            selection = json.loads((sdir / art["main"]).read_text()).get("selection")
+            if selection:
+                data.selections.append({**selection, "_stage": name})
         elif art["kind"] in MODEL_KINDS:
             files = {p.relative_to(sdir).as_posix(): p.stat().st_size for p in sorted(sdir.rglob("*"))
                      if p.is_file() and p.name != ARTIFACT_JSON}
@@ -248,6 +255,20 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
             ["evaluation", "gate", "metric", "reference", "reference value", "value", "drop", "limit", "result"],
             [[e["label"], g["gate"], g["metric"], g.get("reference", "—"), _fixed(g.get("reference_value")),
               _fixed(g["value"]), _fixed(g.get("drop")), _fixed(g["threshold"]), _f(g["passed"])] for e, g in gates]))]
+
+    for sel in data.selections:
+        metric, ref = sel["metric"], sel["fp32"]["metrics"]
+        names = [k for k in ("mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50") if k in ref]
+        lines = [["fp32 (reference)", *(_f(ref[k]) for k in names), "—", "—"]]
+        lines += [[m, *(_f(r["metrics"][k]) for k in names), _fixed(r["drop"]), "yes" if m == sel["chosen"] else "no"]
+                  for m, r in sel["candidates"].items()]
+        hold = sel["holdout"]
+        blocks += [("h2", f"Calibration method chosen by {sel['_stage']} (method auto)"),
+                   ("p", f"Each method's ranges quantized the model ({_settings(sel['quantize'])}) and the result "
+                         f"was scored on {hold['images']} held-out labelled images ({hold['instances']} objects, "
+                         f"{hold['source']}) that calibration did not use, on {sel['backend']}; the highest "
+                         f"{metric} wins, a tie goes to the method listed first."),
+                   ("table", Table(["method", *names, f"drop in {metric}", "chosen"], lines))]
 
     for comp in data.of_type("comparison"):
         lines = []

@@ -167,3 +167,16 @@ def test_holdout_from_a_coco_file_keeps_its_annotations(tmp_path):
 def test_pick_prefers_the_higher_score_then_the_first_listed():
     assert pick({"minmax": 0.30, "entropy": 0.31}) == "entropy"
     assert pick({"percentile": 0.3, "minmax": 0.3}) == "percentile"
+
+
+def test_report_shows_the_choice_and_every_candidate(tmp_path, detector):
+    from convert.report import RunData, _blocks, render_markdown
+
+    data = square_dataset(tmp_path / "ds")
+    _, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90,
+                         auto={"candidates": ["percentile", "minmax"]})
+    md = render_markdown("t", _blocks(RunData("t", selections=[{**table["selection"], "_stage": "cal"}]), False))
+    assert "## Calibration method chosen by cal (method auto)" in md
+    score = table["selection"]["candidates"]["percentile"]["metrics"]["mAP50-95"]
+    assert f"| percentile | {score:.4f} |" in md and "| minmax | 1.0000 | 1.0000 | 0.0000 | yes |" in md
+    assert "6 held-out labelled images (6 objects" in md
