@@ -151,6 +151,17 @@ class Pass:
         """The kind this pass produces with ``config`` (``output`` unless the config decides it)."""
         return cls.output
 
+    @classmethod
+    def key_files(cls, config: PassConfig) -> list[Path]:
+        """Files the pass reads that its config names only indirectly, e.g. the images a list
+        file or dataset YAML points to, or the YOLO labels beside an image folder.
+
+        Their content digests (in the order returned) join the cache key, so editing one
+        re-runs the stage. A file that does not exist is keyed as missing, not an error: the
+        pass decides what a missing file means. Keep it cheap: it runs at every plan.
+        """
+        return []
+
     def run(self, inputs: dict[str, Any], out: Path, ctx: RunContext) -> PassResult:
         """Runs the pass.
 

@@ -48,8 +48,13 @@ def tool_versions(tools: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests: dict[str, list[str]],
-                 tools: dict[str, str | None]) -> dict[str, Any]:
-    """What a stage's cache key is the hash of (see the module docstring)."""
+                 tools: dict[str, str | None], referenced: str | None = None) -> dict[str, Any]:
+    """What a stage's cache key is the hash of (see the module docstring).
+
+    ``referenced`` is the digest of the files the pass reads through its config
+    (:meth:`convert.base.Pass.key_files`); it is left out when there are none, so keys of
+    passes without such files stay as they were.
+    """
     config = stage.config.model_dump(mode="json")
     for fname, digests in file_digests.items():
         *parents, leaf = fname.split(".")  # nested configs: auto.data
@@ -57,8 +62,11 @@ def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests
         for p in parents:
             node = node[p]
         node[leaf] = digests if isinstance(node[leaf], list) else digests[0]
-    return {"schema": KEY_SCHEMA, "pass": stage.pass_name, "version": stage.pass_cls.version,
-            "config": config, "inputs": input_digests, "tools": tools}
+    material = {"schema": KEY_SCHEMA, "pass": stage.pass_name, "version": stage.pass_cls.version,
+                "config": config, "inputs": input_digests, "tools": tools}
+    if referenced is not None:
+        material["referenced"] = referenced
+    return material
 
 
 @dataclass
@@ -143,11 +151,18 @@ class Manager:
             records[fname] = [{"path": str(p), "sha256": d} for p, d in zip(paths, ds)]
         return digests, records
 
+    def _referenced(self, stage: Stage) -> str | None:
+        """Digest of the files the pass reads through its config (in order), None if there are none."""
+        files = stage.pass_cls.key_files(stage.config)
+        if not files:
+            return None
+        return sha256_json(self.store.hasher.files(files))
+
     def _key(self, stage: Stage, done: dict[str, StageRecord]) -> StageRecord:
         input_digests = {role: [done[n].digest for n in names] for role, names in stage.inputs.items()}
         file_digests, file_records = self._file_digests(stage)
         tools = tool_versions(stage.pass_cls.tools)
-        key = sha256_json(key_material(stage, input_digests, file_digests, tools))
+        key = sha256_json(key_material(stage, input_digests, file_digests, tools, self._referenced(stage)))
         return StageRecord(stage.name, stage.pass_name, "pending", key=key, inputs=stage.inputs,
                            input_digests=input_digests, files=file_records, tools=tools)
 

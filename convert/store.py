@@ -87,21 +87,24 @@ class FileHasher:
                          (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest))
         return digest
 
+    def files(self, paths: list[Path]) -> list[str]:
+        """Digests of many files, memo updates in one transaction; ``missing`` for a file that is not there."""
+        in_tx = self._db is not None
+        if in_tx:
+            self._db.execute("BEGIN")
+        try:
+            return [self.file(p) if Path(p).is_file() else "missing" for p in paths]
+        finally:
+            if in_tx:
+                self._db.execute("COMMIT")
+
     def path(self, path: Path) -> str:
         """Digest of a file, or of a directory tree (relative names and file digests)."""
         path = Path(path)
         if path.is_file():
             return self.file(path)
-        lines = []
-        in_tx = self._db is not None
-        if in_tx:
-            self._db.execute("BEGIN")
-        try:
-            for f in sorted(p for p in path.rglob("*") if p.is_file()):
-                lines.append(f"{f.relative_to(path).as_posix()}\0{self.file(f)}\n")
-        finally:
-            if in_tx:
-                self._db.execute("COMMIT")
+        found = sorted(p for p in path.rglob("*") if p.is_file())
+        lines = [f"{f.relative_to(path).as_posix()}\0{d}\n" for f, d in zip(found, self.files(found))]
         return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 

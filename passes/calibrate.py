@@ -178,6 +178,27 @@ class Calibrate(Pass):
     tools = ("onnx", "onnxruntime", "numpy", "pillow")
     requires = ("onnx", "onnxruntime")
 
+    @classmethod
+    def key_files(cls, config: CalibrateConfig) -> list:
+        """The candidate images (a list file or dataset YAML names them; editing one must re-key) and, for
+        method auto, the held-out images and their YOLO labels."""
+        from calib.data import resolve_source
+        from convert.evaluation import yolo_label_path
+
+        if config.trt_cache is not None:
+            return []
+        source = resolve_source(config.data, config.source, config.split, config.images)
+        files = [cand.path for cand in source.candidates if cand.path is not None]
+        if config.method == "auto":
+            a = config.auto or AutoConfig()
+            held = source if a.data is None else resolve_source(a.data, a.source, a.split, a.images)
+            paths = [cand.path for cand in held.candidates if cand.path is not None]
+            if held is not source:
+                files += paths
+            if held.kind != "coco":  # a COCO file is itself a keyed config file
+                files += [yolo_label_path(p, None, None) for p in paths]
+        return files
+
     def run(self, inputs, out, ctx) -> PassResult:
         import tempfile
 

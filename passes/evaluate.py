@@ -93,6 +93,16 @@ class Evaluate(Pass):
     tools = ("onnxruntime", "openvino", "tensorrt", "torch", "pycocotools", "pillow", "numpy")
     requires = ("pycocotools",)
 
+    @classmethod
+    def key_files(cls, config: EvaluateConfig) -> list:
+        """The YOLO labels found by convention (``images`` -> ``labels``), which may lie outside ``data``."""
+        from convert.evaluation import yolo_label_path
+        from convert.preprocess import list_images
+
+        if config.annotations is not None or config.labels is not None:
+            return []  # both are keyed config paths
+        return [yolo_label_path(p, None, None) for p in list_images(config.data)[:config.max_images]]
+
     def run(self, inputs, out, ctx) -> PassResult:
         from convert.evaluation import class_names, evaluate_model, load_dataset
         from convert.runtime import load_runner, model_info

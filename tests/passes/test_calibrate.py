@@ -199,3 +199,25 @@ stages:
     (tmp_path / "empty").mkdir()
     with pytest.raises(SpecError, match=r"stages\.calibrate\.with.*holds no image"):
         load_spec(spec, [f"stages.calibrate.with.data={tmp_path / 'empty'}"])
+
+
+def test_editing_an_image_named_by_a_list_file_re_runs_calibration(tmp_path, monkeypatch):
+    from convert.manager import Manager
+    from convert.spec import load_spec
+    from convert.store import Store
+
+    monkeypatch.chdir(tmp_path)
+    body_model(tmp_path / "body.onnx")
+    image_folder(tmp_path / "elsewhere", n=3)
+    (tmp_path / "list.txt").write_text("elsewhere/img0.png\nelsewhere/img1.png\n")
+    (tmp_path / "s.yaml").write_text("stages:\n  load: {with: {source: onnx, weights: body.onnx, input_size: [32, 32]}}"
+                                     "\n  calibrate: {with: {data: list.txt, num: 2}}\n")
+
+    def run():
+        report = Manager(load_spec("s.yaml"), Store(tmp_path / "store"), tmp_path / "a", progress=False).run()
+        return {s.name: s.status for s in report.stages}
+
+    assert run() == {"load": "ran", "calibrate": "ran"}
+    assert run() == {"load": "cached", "calibrate": "cached"}
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "elsewhere" / "img1.png")  # same name, new pixels
+    assert run() == {"load": "cached", "calibrate": "ran"}

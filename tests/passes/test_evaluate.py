@@ -201,3 +201,10 @@ def test_tight_gate_fails_the_run_with_exit_status_1(cli, tmp_path):
     published = sorted((tmp_path / "artifacts" / "gate").iterdir())
     record = json.loads((published[0] / "eval_other" / "metrics.json").read_text())
     assert record["gates"][0]["passed"] is False  # the figures are published for inspection
+
+
+def test_labels_found_by_convention_join_the_cache_key(tmp_path):
+    data = write_dataset(tmp_path / "ds")
+    # Evaluating ds/images reads ds/labels, outside the keyed `data` folder: the pass names it.
+    assert Evaluate.key_files(EvaluateConfig(data=data / "images")) == [data / "labels" / "a.txt"]
+    assert Evaluate.key_files(EvaluateConfig(data=data / "images", labels=data / "labels")) == []
