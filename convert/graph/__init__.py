@@ -5,9 +5,7 @@
 * :mod:`convert.graph.nms`: candidates -> padded detections, per NMS back-end;
 * :mod:`convert.graph.end2end`: the whole rewrite, truncated-head model -> end-to-end model;
 * :mod:`convert.graph.reference`: numpy references of TensorRT's NMS plugins, and a runner that
-  evaluates a graph containing them (ONNX Runtime for the rest);
-* :mod:`convert.graph.synthetic`: small truncated-head models with random weights, to exercise
-  post-processing without a trained network.
+  evaluates a graph containing them (ONNX Runtime for the rest).
 
 The semantics they implement are defined once, in :mod:`convert.postprocess`.
 """

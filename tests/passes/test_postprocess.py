@@ -14,7 +14,7 @@ from convert import postprocess as pp
 from convert.base import Artifact, RunContext
 from convert.errors import PassError, SpecError
 from convert.graph.reference import run_with_references
-from convert.graph.synthetic import synthetic_head, synthetic_model
+from synthetic import synthetic_head, synthetic_model
 from convert.manager import Manager, open_artifact
 from convert.onnxutil import ort_session
 from convert.preprocess import DEFAULT_PREPROCESS, preprocess
