@@ -454,7 +454,8 @@ def resolve_preprocess(recorded: dict[str, Any] | None, overrides: dict[str, Any
                            f"{pp['size'][0]}x{pp['size'][1]} images.",
                            hint="the model's recorded preprocessing does not match its input; re-export it.")
     if n is not None and n != batch_size:
-        raise ConvertError(f"model input {inp.name!r} has a fixed batch of {n}, calibration batch_size is {batch_size}.",
+        raise ConvertError(f"model input {inp.name!r} has a fixed batch of {n}, calibration batch_size is "
+                           f"{batch_size}.",
                            hint=f"set batch_size: {n}, or export the model with a dynamic batch.")
     if pp["minimal_pad"] and None not in hw:
         raise ConvertError(f"preprocess.minimal_pad makes images of varying size, but model input {inp.name!r} "

@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import typing
 from pathlib import Path
 
 from convert.errors import ConvertError
@@ -110,13 +111,54 @@ def describe_pass(cls) -> str:
     if cls.requires:
         lines.append(f"requires: {', '.join(cls.requires)}")
     lines.append("parameters (with:):")
-    for fname, f in cls.Config.model_fields.items():
-        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-        default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
-        lines.append(f"  {fname}: {ann} ({default})")
-        if f.description:
-            lines.append(f"      {f.description}")
+    lines += _describe_fields(cls.Config, "  ")
     return "\n".join(lines)
+
+
+def _describe_fields(config_cls, indent: str, prefix: str = "") -> list[str]:
+    """One entry per field (nested configs expanded under their dotted names)."""
+    from convert.base import PassConfig
+
+    lines = []
+    for fname, f in config_cls.model_fields.items():
+        nested = [a for a in (f.annotation, *typing.get_args(f.annotation))
+                  if isinstance(a, type) and issubclass(a, PassConfig)]
+        if nested:
+            default = "optional" if not f.is_required() and f.get_default() is None else "defaults below"
+        else:
+            default = "required" if f.is_required() else f"default {f.get_default(call_default_factory=True)!r}"
+        lines.append(f"{indent}{prefix}{fname}: {_type_name(f.annotation, f.metadata)} ({default})")
+        if f.description:
+            lines.append(f"{indent}    {f.description}")
+        for sub in nested:
+            lines += _describe_fields(sub, indent, f"{prefix}{fname}.")
+    return lines
+
+
+def _type_name(ann, metadata=()) -> str:
+    """A readable type: ``path``, ``one of 'a', 'b'``, ``list[str] | null``, ``mapping``."""
+    import types
+
+    from convert.base import InputFile, PassConfig
+
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if ann is type(None):
+        return "null"
+    if any(isinstance(m, InputFile) for m in metadata):
+        return "path"
+    if origin is typing.Annotated:
+        return "path" if any(isinstance(m, InputFile) for m in args[1:]) else _type_name(args[0])
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin in (list, tuple):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args if a is not Ellipsis)}]"
+    if origin is dict or ann is dict:
+        return "mapping"
+    if isinstance(ann, type) and issubclass(ann, PassConfig):
+        return "mapping"
+    return getattr(ann, "__name__", str(ann).replace("typing.", ""))
 
 
 def cmd_versions(args) -> int:
@@ -130,7 +172,8 @@ def cmd_versions(args) -> int:
                           key=lambda p: p.stat().st_mtime)
         for v in versions:
             m = json.loads((v / "manifest.json").read_text())
-            print(f"{name}/{v.name}  {m['created']}  {len(m['stages'])} stages{'  (latest)' if v.name == latest else ''}")
+            mark = "  (latest)" if v.name == latest else ""
+            print(f"{name}/{v.name}  {m['created']}  {len(m['stages'])} stages{mark}")
     return 0
 
 

@@ -18,7 +18,8 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version as dist_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any, Callable
 

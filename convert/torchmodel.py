@@ -49,7 +49,8 @@ def build_module(recipe: dict[str, Any]):
 
         module = import_factory(recipe["factory"])(**recipe.get("kwargs", {}))
         if not isinstance(module, torch.nn.Module):
-            raise ConvertError(f"factory {recipe['factory']!r} returned {type(module).__name__}, not a torch.nn.Module.")
+            raise ConvertError(f"factory {recipe['factory']!r} returned {type(module).__name__}, "
+                               "not a torch.nn.Module.")
         return module.eval()
     raise ConvertError(f"unknown model recipe source {recipe['source']!r}.")
 

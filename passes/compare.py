@@ -187,8 +187,13 @@ def _pp_key(pp: dict[str, Any] | None) -> str:
 
 def _tensor_stats(ref_outs: list[dict], outs: list[dict], ref_name: str, name: str, tol: Tolerance) -> dict:
     """Per shared output: Polygraphy's error statistics and cosine similarity over all images."""
-    from polygraphy.comparator import (Comparator, CosineSimilarityCompareFunc, IterationResult, RunResults,
-                                       SimpleCompareFunc)
+    from polygraphy.comparator import (
+        Comparator,
+        CosineSimilarityCompareFunc,
+        IterationResult,
+        RunResults,
+        SimpleCompareFunc,
+    )
     from polygraphy.logger import G_LOGGER
 
     common = [k for k in outs[0] if k in ref_outs[0] and k not in E2E_OUTPUTS]

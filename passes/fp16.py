@@ -11,8 +11,8 @@ activations become float16, except
   :attr:`FP16Config.block_ops`; :attr:`FP16Config.block_nodes` blocks single nodes by name.
 
 The FP16 model is run against the FP32 one under ONNX Runtime on sample photos (or noise, see
-:func:`convert.onnxutil.check_feed`) and the largest output difference is reported (and gated with ``max_abs_diff``); a model holding
-TensorRT plugin ops cannot run there and is converted unchecked.
+:func:`convert.onnxutil.check_feed`) and the largest output difference is reported (and gated with
+``max_abs_diff``); a model holding TensorRT plugin ops cannot run there and is converted unchecked.
 
 Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
 contract (docs/DESIGN.md) has float32 boxes and scores, and every consumer can feed float32.

@@ -181,8 +181,8 @@ def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str,
     import numpy as np
 
     from convert import onnxutil
-    from convert.runtime import OpenVINORunner
     from convert.onnxutil import check_feed
+    from convert.runtime import OpenVINORunner
 
     ref_sess = onnxutil.ort_session(onnx_path)
     feed, kind = check_feed(ref_sess, meta, seed)

@@ -509,8 +509,8 @@ def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[d
         run the model (TensorRT plugin ops such as EfficientNMS_TRT).
     """
     from convert import onnxutil
-    from convert.runtime import TensorRTRunner
     from convert.onnxutil import check_feed
+    from convert.runtime import TensorRTRunner
 
     try:
         ref_sess = onnxutil.ort_session(art.file)

@@ -30,7 +30,8 @@ def small_model(path):
     inits = [numpy_helper.from_array(np.array(3.0, np.float32), "k"),
              numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w"),
              numpy_helper.from_array(np.array([0.5, -0.5], np.float32), "bias")]
-    graph = helper.make_graph(nodes, "small", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
+    graph = helper.make_graph(nodes, "small",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4, "h", "w"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 2, "h", "w"])], inits)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
     return path

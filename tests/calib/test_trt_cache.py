@@ -17,8 +17,8 @@ from calib.trt_cache import (
 )
 from convert.errors import ConvertError
 
-RANGES = {"images": (0.0, 1.0), "/model.0/conv/Conv_output_0": (-28.1, 33.0), "/model.0/act/Mul_output_0": (-0.28, 33.0),
-          "dead": (0.0, 0.0)}
+RANGES = {"images": (0.0, 1.0), "/model.0/conv/Conv_output_0": (-28.1, 33.0),
+          "/model.0/act/Mul_output_0": (-0.28, 33.0), "dead": (0.0, 0.0)}
 
 
 def test_version_numbers_follow_tensorrt():

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 import toy_passes  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,6 +42,11 @@ def test_passes_list_and_show(cli):
         assert name in out
     code, out, _ = cli("passes", "show", "export_onnx")
     assert code == 0 and "opset: int (default 17)" in out and "ONNX opset version" in out
+    code, out, _ = cli("passes", "show", "calibrate")  # nested settings are listed under their dotted keys
+    assert code == 0 and "auto: mapping | null (optional)" in out
+    assert "  auto.quantize.keep_head_float: bool (default False)" in out
+    assert "method: one of 'minmax', 'entropy', 'percentile', 'mse', 'auto' (default 'minmax')" in out
+    assert "data: path | null (default None)" in out
     code, _, err = cli("passes", "show", "exprt_onnx")
     assert code == 2 and "unknown pass 'exprt_onnx'" in err and "did you mean 'export_onnx'" in err
 
@@ -64,7 +70,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(cli, tmp_path, spec, args,
     assert expected in err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "artifacts").exists()
-    assert not list((tmp_path / ".convert/store/cache").glob("*")) if (tmp_path / ".convert/store/cache").exists() else True
+    cache = tmp_path / ".convert/store/cache"
+    assert not cache.exists() or not any(cache.iterdir())
 
 
 def _truncated_checkpoint() -> bytes:

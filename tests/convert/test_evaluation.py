@@ -9,8 +9,16 @@ import pytest
 from PIL import Image
 
 from convert.errors import ConvertError
-from convert.evaluation import (coco_results, decoded_candidates, end2end_outputs, evaluate_detections,
-                                evaluate_model, load_coco, load_dataset, load_yolo)
+from convert.evaluation import (
+    coco_results,
+    decoded_candidates,
+    end2end_outputs,
+    evaluate_detections,
+    evaluate_model,
+    load_coco,
+    load_dataset,
+    load_yolo,
+)
 from convert.postprocess import ImageDetections
 
 NK = 4

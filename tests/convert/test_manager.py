@@ -12,12 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-import toy_passes  # noqa: F401
 
 from convert.errors import ConvertError
 from convert.manager import Manager, key_material, lockfile_path, verify_version
 from convert.spec import load_spec
 from convert.store import Store
+
+import toy_passes  # noqa: F401
 
 HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import toy_passes  # noqa: F401  (registers toy passes)
 
 from convert.errors import SpecError
 from convert.spec import load_spec
+
+import toy_passes  # noqa: F401  (registers toy passes)
 
 
 def write(path, text):
@@ -46,8 +47,10 @@ def test_base_merge_interpolation_env_and_override(tmp_path, monkeypatch):
     ("stages: {w: {pass: toy_write, with: {sleep: abc}}}", [], "spec.yaml: stages.w.with.sleep: Input should be"),
     ("stages: {w: {pass: toy_wrte}}", [], "spec.yaml: stages.w.pass: unknown pass 'toy_wrte'"),
     ("stages: {w: {pass: toy_write, wth: {}}}", [], "spec.yaml: stages.w.wth: unknown stage key"),
-    ("stages: {w: {pass: toy_write, with: {src: nope.txt}}}", [], "spec.yaml: stages.w.with.src: file 'nope.txt' not found"),
-    ("stages: {w: {pass: toy_write}}", ["stages.w.with.times=2"], "command line: stages.w.with.times: unknown parameter"),
+    ("stages: {w: {pass: toy_write, with: {src: nope.txt}}}", [],
+     "spec.yaml: stages.w.with.src: file 'nope.txt' not found"),
+    ("stages: {w: {pass: toy_write}}", ["stages.w.with.times=2"],
+     "command line: stages.w.with.times: unknown parameter"),
     ("stages: {w: {pass: toy_write}}", ["nokeyvalue"], "command line: override 'nokeyvalue'"),
     ("stages: {u: {pass: toy_upper}}", [], "stages.u.inputs.model: pass 'toy_upper' needs input 'model'"),
     ("stages: {w: {pass: toy_write}, u: {pass: toy_upper, inputs: {model: zz}}}", [], "'zz' is not an earlier stage"),

@@ -12,6 +12,7 @@ from convert.errors import ConvertError
 from passes.benchmark import Benchmark, BenchmarkConfig
 from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
+
 from steps import step
 
 

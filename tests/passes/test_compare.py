@@ -15,6 +15,7 @@ from passes.compare import Compare, CompareConfig, agreement
 from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.truncate_head import TruncateHead, TruncateHeadConfig
+
 from steps import step
 
 # Randomly initialised models score up to ~7e-3 (YOLOv5's objectness prior): a low threshold gives

@@ -17,6 +17,7 @@ from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.simplify import Simplify, SimplifyConfig
 from passes.truncate_head import TruncateHead, TruncateHeadConfig
+
 from steps import step
 
 

@@ -19,6 +19,7 @@ from passes.export_onnx import ExportOnnx, ExportOnnxConfig
 from passes.load import Load, LoadConfig
 from passes.openvino import OpenVINO, OpenVINOConfig, read_rt_info
 from passes.quantize import Quantize, QuantizeConfig
+
 from steps import step
 
 

@@ -14,13 +14,14 @@ from convert import postprocess as pp
 from convert.base import Artifact, RunContext
 from convert.errors import PassError, SpecError
 from convert.graph.reference import run_with_references
-from synthetic import synthetic_head, synthetic_model
 from convert.manager import Manager, open_artifact
 from convert.onnxutil import ort_session
 from convert.preprocess import DEFAULT_PREPROCESS, preprocess
 from convert.spec import load_spec
 from convert.store import Store
 from passes.postprocess import Postprocess, PostprocessConfig
+
+from synthetic import synthetic_head, synthetic_model
 
 REPO = Path(__file__).resolve().parents[2]
 

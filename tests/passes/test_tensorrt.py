@@ -29,8 +29,17 @@ from calib import trt_cache
 from convert.base import Artifact, RunContext
 from convert.errors import ConvertError, PassError
 from passes.calibrate import Calibrate, CalibrateConfig
-from passes.tensorrt import (BatchFeeder, Capabilities, TensorRT, TensorRTConfig, cache_for, load_plugins,
-                             make_calibrator, onnx_inputs, plan_build)
+from passes.tensorrt import (
+    BatchFeeder,
+    Capabilities,
+    TensorRT,
+    TensorRTConfig,
+    cache_for,
+    load_plugins,
+    make_calibrator,
+    onnx_inputs,
+    plan_build,
+)
 
 NO_TRT = "TensorRT is not installed (its wheels fetch libraries from NVIDIA's index, unreachable here)"
 TRT10 = Capabilities("10.3.0", strongly_typed=True, weak_typing=True, implicit_int8=True)

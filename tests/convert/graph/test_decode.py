@@ -11,8 +11,9 @@ from convert import postprocess as pp
 from convert.errors import ConvertError
 from convert.graph.builder import Builder
 from convert.graph.decode import DECODERS, append_decode
-from synthetic import synthetic_head, synthetic_model
 from convert.onnxutil import ort_session
+
+from synthetic import synthetic_head, synthetic_model
 
 DECODE_OPS = {"Reshape", "Transpose", "Slice", "Sigmoid", "Mul", "Add", "Sub", "Div", "Concat", "Shape", "Squeeze",
               "Unsqueeze", "Range", "Cast", "Expand"}

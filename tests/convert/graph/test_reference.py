@@ -10,8 +10,9 @@ from convert import postprocess as pp
 from convert.graph.end2end import make_end2end
 from convert.graph.nms import TRT_DOMAIN, plugin_threshold
 from convert.graph.reference import PLUGINS, efficient_nms, efficient_nms_onnx, run_with_references
-from synthetic import synthetic_head, synthetic_model
 from convert.onnxutil import ort_session
+
+from synthetic import synthetic_head, synthetic_model
 
 BOXES = np.array([[[0, 0, 4, 1], [0, 0, 2, 1], [10, 10, 11, 11], [10, 10, 11, 11], [20, 20, 21, 21]]], np.float32)
 
