@@ -266,8 +266,9 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
         blocks += [("h2", f"Calibration method chosen by {sel['_stage']} (method auto)"),
                    ("p", f"Each method's ranges quantized the model ({_settings(sel['quantize'])}) and the result "
                          f"was scored on {hold['images']} held-out labelled images ({hold['instances']} objects, "
-                         f"{hold['source']}) that calibration did not use, on {sel['backend']}; the highest "
-                         f"{metric} wins, a tie goes to the method listed first."),
+                         f"{hold['source']}) that calibration did not use, on {sel['backend']}; the first method "
+                         f"listed whose {metric} is within {sel.get('margin', 0):.3f} of the best is chosen "
+                         f"(best: {sel.get('best', sel['chosen'])})."),
                    ("table", Table(["method", *names, f"drop in {metric}", "chosen"], lines))]
 
     for comp in data.of_type("comparison"):

@@ -91,7 +91,8 @@ def test_auto_keeps_the_method_that_scores_best_not_the_first(tmp_path, detector
     assert list(scores) == ["percentile", "minmax"]
     assert sel["fp32"]["metrics"]["mAP50-95"] == pytest.approx(1.0)  # the float detector is perfect
     assert scores["minmax"] == pytest.approx(1.0) and scores["percentile"] < 0.5
-    assert sel["chosen"] == table["method"] == "minmax" and sel["metric"] == "mAP50-95"
+    assert sel["chosen"] == sel["best"] == table["method"] == "minmax" and sel["metric"] == "mAP50-95"
+    assert sel["margin"] == 0.01
     assert sel["candidates"]["percentile"]["params"] == {"num_bins": 2048, "percentile": 90.0}
     assert sel["candidates"]["percentile"]["drop"] == pytest.approx(1.0 - scores["percentile"])
     assert sel["quantize"]["bias_correction"] is False and sel["backend"] == "onnxruntime"
@@ -164,9 +165,12 @@ def test_holdout_from_a_coco_file_keeps_its_annotations(tmp_path):
     assert len(ds.gt["annotations"]) == 2
 
 
-def test_pick_prefers_the_higher_score_then_the_first_listed():
+def test_pick_prefers_the_first_listed_within_the_margin_of_the_best():
     assert pick({"minmax": 0.30, "entropy": 0.31}) == "entropy"
     assert pick({"percentile": 0.3, "minmax": 0.3}) == "percentile"
+    assert pick({"minmax": 0.30, "entropy": 0.305}, margin=0.01) == "minmax"
+    assert pick({"minmax": 0.30, "entropy": 0.305, "percentile": 0.312}, margin=0.01) == "entropy"
+    assert pick({"minmax": 0.30, "percentile": 0.3101}, margin=0.01) == "percentile"
 
 
 def test_report_shows_the_choice_and_every_candidate(tmp_path, detector):
