@@ -29,7 +29,7 @@ import math
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import BackendMissing, ConvertError, PassError
@@ -142,7 +142,12 @@ class CalibrateConfig(PassConfig):
     @model_validator(mode="before")
     @classmethod
     def _drop_auto(cls, values):
-        if isinstance(values, dict) and values.get("method", "minmax") != "auto":
+        if isinstance(values, dict) and values.get("method", "minmax") != "auto" and "auto" in values:
+            try:  # still catch a typo in the block, though it is not used
+                AutoConfig.model_validate(values["auto"])
+            except ValidationError as e:
+                err = e.errors()[0]
+                raise ValueError(f"auto.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
             values = {k: v for k, v in values.items() if k != "auto"}
         return values
 

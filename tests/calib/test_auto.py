@@ -128,6 +128,8 @@ def test_auto_errors(tmp_path, detector):
         CalibrateConfig(method="auto")
     # Auto settings do not count with another method: not an error, and not part of the cache key.
     assert CalibrateConfig(data=data, method="minmax", auto={"max_images": 3}).auto is None
+    with pytest.raises(ValidationError, match="auto.max_imges: Extra inputs are not permitted"):
+        CalibrateConfig(data=data, method="minmax", auto={"max_imges": 3})  # a typo is caught all the same
     with pytest.raises(ValidationError, match="lists a method twice"):
         CalibrateConfig(data=data, method="auto", auto={"candidates": ["minmax", "minmax"]})
     with pytest.raises(ValidationError, match="auto.quantize.keep_head"):
