@@ -126,19 +126,20 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
         return {"metrics": {k: figures[k] for k in METRICS if k in figures}, "seconds": figures["seconds"]}
 
     reference = score(model_file, "fp32")
+    float_model = onnx.load(str(model_file))  # quantize_model only reads it (and names unnamed nodes, once)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="calibrate-auto-") as tmp:
         for method, ranges in candidates.items():
-            q = quantize_model(onnx.load(str(model_file)), ranges, quantize, batches, f"{where}.quantize", ctx,
-                               method)
+            q = quantize_model(float_model, ranges, quantize, batches, f"{where}.quantize", ctx, method)
             path = Path(tmp) / f"{method}.onnx"
             onnxutil.save(q.model, path)
             results[method] = {"params": params.get(method, {}), **score(path, method)}
             results[method]["drop"] = reference["metrics"][metric] - results[method]["metrics"][metric]
     scores = {m: r["metrics"][metric] for m, r in results.items()}
     chosen = pick(scores, margin)
-    record = {"metric": metric, "chosen": chosen, "best": max(scores, key=scores.get), "margin": margin, "backend": "onnxruntime", "fp32": reference,
-              "candidates": results, "quantize": quantize.model_dump(mode="json"),
+    record = {"metric": metric, "chosen": chosen, "best": max(scores, key=scores.get), "margin": margin,
+              "backend": "onnxruntime", "fp32": reference, "candidates": results,
+              "quantize": quantize.model_dump(mode="json"),
               "holdout": {"source": dataset.source, "images": len(dataset), "fingerprint": dataset.fingerprint(),
                           "instances": len(dataset.gt["annotations"]),
                           "files": [im.path.name for im in dataset.images]}}

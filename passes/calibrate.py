@@ -104,7 +104,7 @@ class CalibrateConfig(PassConfig):
         "percentile: a percentile of |x|; mse: least expected squared INT8 error; auto: quantize with each of "
         "auto.candidates, score on labelled held-out images, keep the best. The clipping methods lose the "
         "rare large activations of SiLU networks (YOLOv5n on coco128: minmax best, entropy far worst)")
-    auto: AutoConfig | None = Field(None, description="settings of method auto (defaults apply when omitted); "
+    auto: AutoConfig | None = Field(None, description="settings of method auto (defaults filled in when omitted); "
                                     "dropped with any other method, so a spec switches methods with one override "
                                     "and a non-auto calibration is not re-keyed by them")
     percentile: float = Field(99.99, gt=50, le=100, description="percentile of |x| kept by method percentile")
@@ -141,9 +141,15 @@ class CalibrateConfig(PassConfig):
 
     @model_validator(mode="before")
     @classmethod
-    def _drop_auto(cls, values):
-        if isinstance(values, dict) and values.get("method", "minmax") != "auto" and "auto" in values:
-            try:  # still catch a typo in the block, though it is not used
+    def _auto_block(cls, values):
+        # With method auto the block is always there (defaults filled in); with another method it is
+        # dropped, after a check that catches a typo in it.
+        if not isinstance(values, dict):
+            return values
+        if values.get("method", "minmax") == "auto":
+            return {**values, "auto": values.get("auto") or {}}
+        if "auto" in values:
+            try:
                 AutoConfig.model_validate(values["auto"])
             except ValidationError as e:
                 err = e.errors()[0]
@@ -165,7 +171,7 @@ class CalibrateConfig(PassConfig):
             return self
         check_source(self.data, self.source, self.split, self.images)
         if self.method == "auto":
-            auto = self.auto or AutoConfig()
+            auto = self.auto
             if auto.data is not None:
                 check_source(auto.data, auto.source, auto.split, auto.images, key="auto.data")
             elif self.data is None:
@@ -198,7 +204,7 @@ class Calibrate(Pass):
         source = resolve_source(config.data, config.source, config.split, config.images)
         files = [cand.path for cand in source.candidates if cand.path is not None]
         if config.method == "auto":
-            a = config.auto or AutoConfig()
+            a = config.auto
             held = source if a.data is None else resolve_source(a.data, a.source, a.split, a.images)
             paths = [cand.path for cand in held.candidates if cand.path is not None]
             if held is not source:
@@ -208,6 +214,7 @@ class Calibrate(Pass):
         return files
 
     def run(self, inputs, out, ctx) -> PassResult:
+        import importlib.util
         import tempfile
 
         import onnx
@@ -219,6 +226,9 @@ class Calibrate(Pass):
         if model.meta.get("precision", "fp32") != "fp32":
             raise PassError(f"the model is {model.meta['precision']}; calibration needs the float32 model.",
                             hint="calibrate the output of export_onnx/simplify, before fp16.")
+        if c.method == "auto" and importlib.util.find_spec("pycocotools") is None:
+            raise BackendMissing("method auto scores candidates with COCO mAP, which needs pycocotools.",
+                                 hint="pip install 'convert[eval]' (or pycocotools), or choose a method.")
         inp = data.model_input(model.file)
         selection = None
         if c.trt_cache is not None:
@@ -243,7 +253,7 @@ class Calibrate(Pass):
                         stats, samples = calibrators.collect_histograms(model.file, inp.name, batches, tmp,
                                                                         c.op_types, c.num_bins)
                         candidates = {m: stats.ranges(m, c.percentile, c.entropy_stride)
-                                      for m in (c.auto or AutoConfig()).candidates}
+                                      for m in c.auto.candidates}
                     else:
                         result = calibrators.calibrate(model.file, inp.name, batches, c.method, tmp,
                                                        op_types=c.op_types, percentile=c.percentile,
@@ -258,7 +268,7 @@ class Calibrate(Pass):
             if c.method == "auto":
                 selection = self._select(model, candidates, cset, out / SAMPLES_DIR, pp, ctx)
                 method, ranges = selection.method, selection.ranges
-                params = calibrators.method_params(method, c.num_bins, c.percentile, c.entropy_stride)
+                params = selection.record["candidates"][method]["params"]
             record = cset.record()
             record["samples"] = sorted(p.relative_to(out).as_posix() for p in (out / SAMPLES_DIR).iterdir())
         if not ranges:
@@ -288,8 +298,6 @@ class Calibrate(Pass):
 
     def _select(self, model, candidates, cset, samples_dir, pp, ctx):
         """``method: auto``: scores each candidate's ranges on held-out labelled images (:mod:`calib.auto`)."""
-        import importlib.util
-
         from calib import auto as selection
         from calib.calibrators import method_params
         from calib.data import resolve_source
@@ -297,11 +305,7 @@ class Calibrate(Pass):
         from passes.quantize import calibration_batches
 
         c: CalibrateConfig = self.config
-        a = c.auto or AutoConfig()
-        where = f"stages.{ctx.stage}.with.auto"
-        if importlib.util.find_spec("pycocotools") is None:
-            raise BackendMissing("method auto scores candidates with COCO mAP, which needs pycocotools.",
-                                 hint="pip install 'convert[eval]' (or pycocotools), or choose a method.")
+        a = c.auto
         source = resolve_source(a.data, a.source, a.split, a.images) if a.data is not None else cset.source
         used_names = {n for n, _ in cset.used}
         used = {cand.path for cand in cset.source.candidates if cand.name in used_names and cand.path is not None}
@@ -311,7 +315,8 @@ class Calibrate(Pass):
         samples = sorted(samples_dir.iterdir())
         params = {m: method_params(m, c.num_bins, c.percentile, c.entropy_stride) for m in candidates}
         return selection.select(model.file, meta, candidates, params, dataset, a.quantize,
-                                lambda: calibration_batches(samples, pp), a.metric, where, a.threads, ctx, a.margin)
+                                lambda: calibration_batches(samples, pp), a.metric, f"stages.{ctx.stage}.with.auto",
+                                a.threads, ctx, a.margin)
 
 
 def _keep(samples, folder):
