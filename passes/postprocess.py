@@ -7,6 +7,7 @@ rewrites are in :mod:`convert.graph`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -98,13 +99,13 @@ class Postprocess(Pass):
                             f"{head['type']!r} head (the plugin returns no indices).",
                             hint="use backend efficient_nms_onnx_trt or onnx, or set keypoints: false.")
         model = onnx.load(str(art.file))
+        nms = c.settings()
         try:
-            e2e = make_end2end(model, head, c.settings(), c.backend, keypoints=want_kpts)
+            e2e = make_end2end(model, head, nms, c.backend, keypoints=want_kpts)
         except ConvertError as e:
             raise PassError(e.message, hint=e.hint) from None
         outputs = [o.name for o in e2e.graph.output]
-        settings = {"backend": c.backend, "score_threshold": c.score_threshold, "iou_threshold": c.iou_threshold,
-                    "max_detections": c.max_detections, "pre_top_k": c.pre_top_k, "class_agnostic": c.class_agnostic}
+        settings = {"backend": c.backend, **dataclasses.asdict(nms)}
         meta_out = {**meta, "truncated": False, "end2end": True, "outputs": outputs, "postprocess": settings}
         onnxutil.set_metadata(e2e, meta_out)
         onnxutil.save(e2e, out / "model.onnx")

@@ -24,7 +24,6 @@ which brings EfficientNMS_TRT).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +289,6 @@ def make_calibrator(trt, algorithm: str, feeder: BatchFeeder, cache: bytes | Non
     class Calibrator(base):
         def __init__(self):
             base.__init__(self)  # the Python bindings need the base initialised explicitly
-            self.feeder = feeder
             self.cache = cache
             self.written: bytes | None = None
 
@@ -398,6 +396,8 @@ class TensorRT(Pass):
     def run(self, inputs, out, ctx) -> PassResult:
         import tensorrt as trt
 
+        from convert.store import atomic_write
+
         c: TensorRTConfig = self.config
         art = inputs["model"]
         table = inputs.get("table")
@@ -461,7 +461,7 @@ class TensorRT(Pass):
                             hint="a larger workspace_mib, or another precision, may help.")
         (out / "model.engine").write_bytes(memoryview(engine))
         if timing is not None:
-            _write_atomic(c.timing_cache, memoryview(timing.serialize()).tobytes())
+            atomic_write(c.timing_cache, memoryview(timing.serialize()).tobytes())  # shared between builds
         if calibrator is not None and calibrator.written:
             (out / "calibration.cache").write_bytes(calibrator.written)
 
@@ -525,10 +525,3 @@ def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[d
     return {n: onnxutil.max_abs_diff([ref[n]], [np.asarray(got[n])]) for n in names
             if np.issubdtype(ref[n].dtype, np.floating) and n in got}, kind
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Writes a file shared between builds so that a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
