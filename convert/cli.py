@@ -52,13 +52,10 @@ def cmd_run(args) -> int:
     force = set(args.force or [])
     if args.force_all:
         force.add("*")
-    report = None
-    try:
-        report = mgr.run(force=force, until=args.until, frozen=args.frozen)
-    finally:
-        if args.json and report is not None:
-            print(json.dumps(report.to_json(), indent=1))
-    if report.published and not args.json:
+    report = mgr.run(force=force, until=args.until, frozen=args.frozen)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    elif report.published:
         print(f"published {report.published}")
     return 0
 

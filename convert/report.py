@@ -27,6 +27,7 @@ from typing import Any
 
 from convert.base import ARTIFACT_JSON
 from convert.errors import ConvertError
+from convert.evaluation import METRICS
 
 MODEL_KINDS = ("torch", "onnx", "openvino", "tensorrt")
 
@@ -258,7 +259,7 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
 
     for sel in data.selections:
         metric, ref = sel["metric"], sel["fp32"]["metrics"]
-        names = [k for k in ("mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50") if k in ref]
+        names = [k for k in METRICS if k in ref]
         lines = [["fp32 (reference)", *(_f(ref[k]) for k in names), "—", "—"]]
         lines += [[m, *(_f(r["metrics"][k]) for k in names), _fixed(r["drop"]), "yes" if m == sel["chosen"] else "no"]
                   for m, r in sel["candidates"].items()]
@@ -624,8 +625,7 @@ def comparison_blocks(a: RunData, b: RunData) -> list[tuple[str, Any]]:
     by_a, by_b = {key(r): r for r in rows_a}, {key(r): r for r in rows_b}
     keys = list(by_a) + [k for k in by_b if k not in by_a]
     threads = [t for t in _thread_settings(rows_a) if t in _thread_settings(rows_b)]
-    metrics = [m for m in ("mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50")
-               if any(m in r["metrics"] for r in rows_a + rows_b)]
+    metrics = [m for m in METRICS if any(m in r["metrics"] for r in rows_a + rows_b)]
     la, lb = a.title.split("/")[-1], b.title.split("/")[-1]
     headers = ["model", "back-end", "precision"]
     for m in metrics:

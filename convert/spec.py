@@ -23,7 +23,7 @@ from __future__ import annotations
 import difflib
 import os
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class Spec:
     resolved: dict[str, Any]
     store: Path | None = None
     artifacts: Path | None = None
-    layers: list[tuple[str, Any]] = field(default_factory=list, repr=False)
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -252,7 +251,7 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
         return Path(v) if v else None
 
     return Spec(name=name, path=path, stages=stages, resolved=resolved, store=_opt_path("store"),
-                artifacts=_opt_path("artifacts"), layers=layers)
+                artifacts=_opt_path("artifacts"))
 
 
 def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassConfig:

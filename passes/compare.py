@@ -25,8 +25,7 @@ from pydantic import Field
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError
-
-E2E_OUTPUTS = ("num_dets", "boxes", "scores", "classes", "keypoints")
+from convert.postprocess import OUTPUT_NAMES
 
 
 class Tolerance(PassConfig):
@@ -196,7 +195,7 @@ def _tensor_stats(ref_outs: list[dict], outs: list[dict], ref_name: str, name: s
     )
     from polygraphy.logger import G_LOGGER
 
-    common = [k for k in outs[0] if k in ref_outs[0] and k not in E2E_OUTPUTS]
+    common = [k for k in outs[0] if k in ref_outs[0] and k not in OUTPUT_NAMES]
     if not common:
         return {}
     if name == ref_name:

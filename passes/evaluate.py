@@ -23,8 +23,8 @@ from pydantic import Field, model_validator
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError
+from convert.evaluation import METRICS
 
-GATE_METRICS = ("mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50")
 Metric = Literal["mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50"]
 
 
@@ -75,7 +75,7 @@ class EvaluateConfig(PassConfig):
                               "(default: kind/precision@backend)")
     gates: list[Gate] = Field(default_factory=list, description="accuracy gates; a failure fails the run (exit 1), "
                               "e.g. [{max_drop: {metric: mAP50-95, reference: fp32, value: 0.01}}, "
-                              "{min: {metric: mAP50, value: 0.5}}]; metrics: " + ", ".join(GATE_METRICS))
+                              "{min: {metric: mAP50, value: 0.5}}]; metrics: " + ", ".join(METRICS))
 
 
 class Evaluate(Pass):
@@ -120,7 +120,7 @@ class Evaluate(Pass):
                     "preprocess": meta.get("preprocess"), "kpt_sigmas": c.kpt_sigmas}
         runner = load_runner(model, c.backend, c.threads)
         figures = evaluate_model(runner, dataset, meta, c.conf, c.iou, c.max_det, c.kpt_sigmas, bar=ctx.bar)
-        metrics = {k: figures[k] for k in GATE_METRICS if k in figures}
+        metrics = {k: figures[k] for k in METRICS if k in figures}
         record: dict[str, Any] = {
             "type": "evaluation", "label": label, "model": info, "runner": runner.settings,
             "dataset": {"source": dataset.source, "images": len(dataset), "fingerprint": dataset.fingerprint(),

@@ -26,16 +26,15 @@ class TruncateHead(Pass):
         from convert.torchmodel import load_module
 
         art = inputs["model"]
+        if art.meta.get("truncated"):
+            raise PassError("the model is already truncated.", hint="remove the duplicate truncate_head stage.")
         module = load_module(art)
         if not hasattr(module, "truncate_head") or not hasattr(module, "head_meta"):
             raise PassError(f"the model ({type(module).__name__}) has no truncate_head()/head_meta().",
                             hint="truncation supports YOLOv5-family models; for a python factory model, "
                             "return a module with these methods or drop this stage.")
-        if art.meta.get("truncated"):
-            raise PassError("the model is already truncated.", hint="remove the duplicate truncate_head stage.")
         module.truncate_head()
-        head = module.head_meta()
+        head = module.head_meta()  # names the raw outputs p3, p4, p5 once truncated
         shutil.copyfile(art.file, out / "model.pt")  # same weights: the truncation lives in the metadata
-        outputs = [f"p{s.bit_length() - 1}" for s in map(int, head["strides"])]
-        meta = {**art.meta, "truncated": True, "head": {**head, "outputs": outputs}}
-        return PassResult("torch", "model.pt", meta, {"levels": len(outputs)})
+        meta = {**art.meta, "truncated": True, "head": head}
+        return PassResult("torch", "model.pt", meta, {"levels": len(head["outputs"])})
