@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from convert import postprocess as pp  # noqa: E402
-from convert.manager import Manager, open_artifact  # noqa: E402
+from convert.manager import Manager  # noqa: E402
 from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
 from convert.runtime import infer, load_runner  # noqa: E402
 from convert.spec import load_spec  # noqa: E402
@@ -59,10 +59,10 @@ def build(args, work: Path):
         overrides.append(f"stages.postprocess.with.pre_top_k={args.pre_top_k}")
     spec_path = work / Path(args.spec).name  # a copy: the manager writes its lockfile beside the spec
     spec_path.write_text(Path(args.spec).read_text())
-    report = Manager(load_spec(spec_path, overrides), Store(work / "store"), work / "artifacts",
-                     progress=False).run()
-    return (open_artifact(report.published / "load"), open_artifact(report.published / "simplify"),
-            open_artifact(report.published / "postprocess"))
+    store = Store(work / "store")
+    report = Manager(load_spec(spec_path, overrides), store, work / "artifacts", progress=False).run()
+    digest = {s.name: s.digest for s in report.stages}
+    return store.artifact(digest["load"]), store.artifact(digest["simplify"]), store.artifact(digest["postprocess"])
 
 
 def main() -> int:

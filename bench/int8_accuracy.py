@@ -98,25 +98,15 @@ def build(args, seeds: list[int]) -> dict[str, Artifact]:
 
 def quantize_static_baseline(body: Artifact, args, seed: int, out: Path) -> Path:
     """ONNX Runtime's quantize_static as a user would call it: Conv only, per channel, MinMax, QDQ."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantFormat, quantize_static
 
+    from calib.calibrators import BatchReader
     from calib.data import CalibrationSet, batches, resolve_source
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            cset = CalibrationSet(resolve_source(args.calib), args.num, seed)
-            self._it = iter(batches(cset.samples(), body.meta["preprocess"], 1))
-
-        def get_next(self):
-            x = next(self._it, None)
-            return None if x is None else {body.meta["input"]["name"]: x}
-
+    cset = CalibrationSet(resolve_source(args.calib), args.num, seed)
+    reader = BatchReader(body.meta["input"]["name"], batches(cset.samples(), body.meta["preprocess"], 1))
     path = out / "quantize_static.onnx"
-    quantize_static(str(body.file), str(path), Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+    quantize_static(str(body.file), str(path), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     per_channel=True)
     return path
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from convert import postprocess as pp  # noqa: E402
 from convert.base import Artifact  # noqa: E402
-from convert.manager import Manager, open_artifact  # noqa: E402
+from convert.manager import Manager  # noqa: E402
 from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
 from convert.runtime import cpu_info, infer, load_runner  # noqa: E402
 from convert.spec import load_spec  # noqa: E402
@@ -48,7 +48,7 @@ def truncated_model(args, work: Path) -> Artifact:
     report = Manager(load_spec(spec_path, overrides), Store(work / "store"), work / "artifacts",
                      progress=False).run(until="simplify")
     digest = {s.name: s.digest for s in report.stages}["simplify"]
-    return open_artifact(Store(work / "store").object_path(digest))
+    return Store(work / "store").artifact(digest)  # the digest is known: no need to hash the tree again
 
 
 def end2end(trunc: Artifact, settings: pp.NMSSettings, folder: Path) -> Artifact:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from convert.base import ARTIFACT_JSON, Artifact, PassResult, RunContext
 from convert.errors import BackendMissing, ConvertError, PassError
 from convert.spec import Spec, Stage, input_files
-from convert.store import Store, _rmtree, atomic_write, canonical_json, link_tree, sha256_json
+from convert.store import Store, _hash_file, _rmtree, atomic_write, canonical_json, link_tree, sha256_json
 
 LOCK_SUFFIX = ".lock"
 KEY_SCHEMA = 1  # bump when the key material's layout changes
@@ -393,16 +393,7 @@ class Manager:
 
 
 def _file_list(root: Path) -> dict[str, str]:
-    from convert.store import tree_digest
-
-    return {p.relative_to(root).as_posix(): tree_digest(p) if p.is_dir() else _sha(p)
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def _sha(p: Path) -> str:
-    from convert.store import _hash_file
-
-    return _hash_file(p)
+    return {p.relative_to(root).as_posix(): _hash_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _short(summary: dict[str, Any]) -> str:
@@ -432,7 +423,7 @@ def verify_version(path: Path) -> list[str]:
             f = path / stage / rel
             if not f.is_file():
                 problems.append(f"{stage}/{rel}: missing")
-            elif _sha(f) != digest:
+            elif _hash_file(f) != digest:
                 problems.append(f"{stage}/{rel}: content changed")
         for f in (path / stage).rglob("*") if (path / stage).is_dir() else []:
             if f.is_file() and f.relative_to(path / stage).as_posix() not in files:

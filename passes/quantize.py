@@ -391,10 +391,16 @@ def restore_float_inputs(qmodel, nodes: list[str]) -> None:
         if node.name not in wanted:
             continue
         for i, name in enumerate(node.input):
-            dq = producer.get(name)
-            q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-            if q is not None and q.op_type == "QuantizeLinear":
+            q = _qdq_source(producer, name)
+            if q is not None:
                 node.input[i] = q.input[0]
+
+
+def _qdq_source(producer: dict, tensor: str):
+    """The QuantizeLinear node of a Q -> DQ pair whose DQ output is ``tensor``, else None."""
+    dq = producer.get(tensor)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return q if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,
@@ -501,10 +507,8 @@ def correct_biases(float_model, qmodel, batches, ctx=None) -> dict[str, float]:
         probe.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
 
     for node in qmodel.graph.node:
-        dq = producer.get(node.input[0]) if node.op_type == "Conv" else None
-        q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-        if (q is None or q.op_type != "QuantizeLinear" or len(node.input) < 3 or node.input[2] not in inits
-                or node.name not in float_weights):
+        q = _qdq_source(producer, node.input[0]) if node.op_type == "Conv" else None
+        if q is None or len(node.input) < 3 or node.input[2] not in inits or node.name not in float_weights:
             continue
         weight = float_weights[node.name]
         if weight not in added:
