@@ -4,7 +4,7 @@ Builds ``pipelines/yolov5n_end2end.yaml`` (load -> truncate_head -> export_onnx 
 postprocess) in a work directory, then compares, on every image:
 
 * against the PyTorch reference (the torch model's decoded forward +
-  :func:`convert.postprocess.torch_reference`): the end-to-end ONNX model (ONNX
+  :func:`convert.heads.reference.torch_reference`): the end-to-end ONNX model (ONNX
   NonMaxSuppression in the graph) in ONNX Runtime (``e2e@onnxruntime``) and OpenVINO
   (``e2e@openvino``), and the truncated ONNX model in ONNX Runtime + host-side numpy
   post-processing (``host@onnxruntime``). These include the runtimes' own float differences
@@ -39,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from convert import postprocess as pp  # noqa: E402
+from convert.heads.reference import torch_reference  # noqa: E402
 from convert.manager import Manager  # noqa: E402
 from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
 from convert.runtime import infer, load_runner  # noqa: E402
@@ -116,7 +117,7 @@ def main() -> int:
             for path in images:
                 x, tf = preprocess(load_image(path), prep)
                 with torch.inference_mode():
-                    dets = {"torch": pp.torch_reference(model(torch.from_numpy(x)), head, settings)}
+                    dets = {"torch": torch_reference(model(torch.from_numpy(x)), head, settings)}
                 for name, runner in runners.items():
                     out = infer(runner, x)
                     dets[name] = (pp.postprocess([out[n] for n in head["outputs"]], head, settings)

@@ -340,16 +340,16 @@ def end2end_outputs(outputs: dict[str, np.ndarray], meta: dict[str, Any], conf: 
     Raises:
         ConvertError: The outputs do not match the model's metadata.
     """
+    from convert import heads
     from convert import postprocess as pp
 
     if meta.get("end2end"):
         return pp.Detections.from_outputs(outputs).outputs()
-    head = meta.get("head")
-    pp.head_type(head)  # raises a clear error for a model without (supported) head metadata
+    head = heads.parse(meta.get("head"))  # a clear error for a model without (supported) head metadata
     settings = pp.NMSSettings(score_threshold=conf, iou_threshold=iou, max_detections=max_det,
                               pre_top_k=pre_top_k, class_agnostic=class_agnostic)
     if meta.get("truncated"):
-        names = head.get("outputs") or list(outputs)
+        names = head.outputs or list(outputs)
         missing = [n for n in names if n not in outputs]
         if missing:
             raise ConvertError(f"the truncated model has no output {missing[0]!r} (outputs: {', '.join(outputs)}).")
@@ -357,27 +357,7 @@ def end2end_outputs(outputs: dict[str, np.ndarray], meta: dict[str, Any], conf: 
     if len(outputs) != 1:
         raise ConvertError(f"a decoded model has one output, this one has {len(outputs)} ({', '.join(outputs)}).",
                            hint="mark truncated models as such (truncate_head) or add NMS (postprocess).")
-    return pp.select(decoded_candidates(next(iter(outputs.values())), head), settings).outputs()
-
-
-def decoded_candidates(decoded: np.ndarray, head: dict[str, Any]):
-    """Candidates (:class:`convert.postprocess.Candidates`) from a decoded YOLOv5-family output.
-
-    Args:
-        decoded: ``[B, N, 5+nc+3*nk]``: cx, cy, w, h (input pixels), objectness, class scores,
-            then ``nk`` times (x, y, visibility), all activated (the model's decoded forward).
-        head: The head metadata (``nc``, ``nk``).
-    """
-    from convert.postprocess import Candidates
-
-    nc, nk = int(head["nc"]), int(head.get("nk") or 0)
-    d = np.asarray(decoded, dtype=np.float32)
-    if d.shape[-1] != 5 + nc + 3 * nk:
-        raise ConvertError(f"decoded output has {d.shape[-1]} columns, the head says 5+nc+3*nk = {5 + nc + 3 * nk}.")
-    half = d[..., 2:4] / 2
-    boxes = np.concatenate([d[..., 0:2] - half, d[..., 0:2] + half], -1)
-    kpts = d[..., 5 + nc:].reshape(*d.shape[:2], nk, 3) if nk else None
-    return Candidates(boxes, d[..., 4:5] * d[..., 5:5 + nc], kpts)
+    return pp.select(head.decoded_candidates(next(iter(outputs.values()))), settings).outputs()
 
 
 def image_detections(e2e: dict[str, np.ndarray], index: int, transform, conf: float = 0.0):

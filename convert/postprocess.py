@@ -2,23 +2,20 @@
 
 The in-graph ONNX post-processing (:mod:`convert.graph`, back-end ``onnx``), the host-side
 numpy post-processing here (:func:`postprocess`) and the PyTorch reference
-(:func:`torch_reference`) compute exactly the following, so a truncated model post-processed
-on the host, an end-to-end model and the PyTorch model give the same detections.
+(:func:`convert.heads.reference.torch_reference`) compute exactly the following, so a truncated
+model post-processed on the host, an end-to-end model and the PyTorch model give the same
+detections.
 
 Semantics
 ---------
-1. **Decode** (per head type, see :data:`HEADS`) into candidates, in the order level, anchor,
-   y, x (candidate index ``n``):
+1. **Decode**, by the head's family (one module per family in :mod:`convert.heads`, which
+   documents its layout and arithmetic: :mod:`convert.heads.yolov5` for YOLOv5 / YOLO-Pose,
+   :mod:`convert.heads.yolov8` for ultralytics YOLOv8 / YOLO11) into candidates, in the order
+   level, anchor, y, x (candidate index ``n``):
 
    * ``boxes [B, N, 4]`` x1, y1, x2, y2 in network-input pixels;
    * ``scores [B, N, C]`` per-class scores;
    * ``keypoints [B, N, nk, 3]`` x, y (input pixels), visibility, for keypoint heads.
-
-   ``yolov5`` / ``yolov5_pose`` (YOLOv5 v6.1, YOLO-Pose): ``s = sigmoid`` of the box,
-   objectness and class channels; ``xy = (s*2 - 0.5 + grid) * stride``,
-   ``wh = (s*2)**2 * anchor``, ``x1y1 = xy - wh/2``, ``x2y2 = xy + wh/2``,
-   ``score = sigmoid(obj) * sigmoid(cls)``; keypoint ``xy = (raw*2 - 0.5 + grid) * stride``
-   (no sigmoid), visibility ``sigmoid(raw)``.
 2. **Pre-NMS top-k** (optional, ``pre_top_k``): keep the ``k`` candidates with the highest
    best-class score, ties to the lower index, and renumber them in that (descending) order.
    Because the ranking key is the best-class score and a candidate can only pass the score
@@ -55,7 +52,7 @@ every step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -175,95 +172,14 @@ class Detections:
                                None if self.keypoints is None else self.keypoints[i, :n])
 
 
-# --- step 1: decoding, one function per head type -------------------------------------------
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):  # exp overflows to inf for very negative logits: sigmoid -> 0, as wanted
-        return 1 / (1 + np.exp(-x))
-
-
-def _grid(h: int, w: int) -> np.ndarray:
-    """Cell offsets ``[1, 1, 2, h*w]`` (x; y), y-major as the maps are flattened."""
-    gy, gx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32), indexing="ij")
-    return np.stack([gx.ravel(), gy.ravel()])[None, None]
-
-
-def decode_yolov5(maps: Sequence[np.ndarray], head: dict[str, Any]) -> Candidates:
-    """Decodes YOLOv5 / YOLO-Pose raw maps ``[B, na*no, H, W]`` (one per level), step 1.
-
-    The arithmetic is written in the same order as the ONNX decode and the PyTorch model's,
-    so results differ only by the runtimes' sigmoid rounding. It runs on the maps' own
-    channel-major layout (contiguous) and transposes the results once.
-    """
-    nc, nk, na = int(head["nc"]), int(head.get("nk") or 0), int(head["na"])
-    no = 5 + nc + 3 * nk
-    boxes, scores, kpts = [], [], []
-    for level, (p, stride, anchors) in enumerate(zip(maps, head["strides"], head["anchors"], strict=True)):
-        p = np.asarray(p, dtype=np.float32)
-        b, ch, h, w = p.shape
-        if ch != na * no:
-            raise ConvertError(f"head level {level}: {ch} channels, but the head metadata says "
-                               f"na*(5+nc+3*nk) = {na}*{no} = {na * no}.",
-                               hint="check the head's nc/nk against the model.")
-        x = p.reshape(b, na, no, h * w)  # [B, na, field, cell]
-        grid, s = _grid(h, w), np.float32(stride)
-        anchor = np.asarray(anchors, dtype=np.float32).reshape(1, na, 2, 1)
-        det = _sigmoid(x[:, :, :5 + nc])
-        xy = (det[:, :, 0:2] * 2 - 0.5 + grid) * s
-        t = det[:, :, 2:4] * 2
-        half = t * t * anchor / 2
-        boxes.append(np.concatenate([xy - half, xy + half], 2).transpose(0, 1, 3, 2).reshape(b, -1, 4))
-        scores.append((det[:, :, 4:5] * det[:, :, 5:]).transpose(0, 1, 3, 2).reshape(b, -1, nc))
-        if nk:
-            k = x[:, :, 5 + nc:].reshape(b, na, nk, 3, h * w)
-            kxy = (k[:, :, :, 0:2] * 2 - 0.5 + grid[:, :, None]) * s
-            kpt = np.concatenate([kxy, _sigmoid(k[:, :, :, 2:3])], 3)  # [B, na, nk, 3, cell]
-            kpts.append(kpt.transpose(0, 1, 4, 2, 3).reshape(b, -1, nk, 3))
-    return Candidates(np.concatenate(boxes, 1), np.concatenate(scores, 1),
-                      np.concatenate(kpts, 1) if nk else None)
-
-
-@dataclass(frozen=True)
-class HeadType:
-    """A supported head type.
-
-    Attributes:
-        decode: Host-side decoder (raw maps, head metadata) -> :class:`Candidates`.
-        keypoints: Whether the head predicts keypoints.
-    """
-
-    decode: Callable[[Sequence[np.ndarray], dict[str, Any]], Candidates]
-    keypoints: bool
-
-
-HEADS: dict[str, HeadType] = {
-    "yolov5": HeadType(decode_yolov5, keypoints=False),
-    "yolov5_pose": HeadType(decode_yolov5, keypoints=True),
-}
-"""Head type (``meta["head"]["type"]``) -> decoder. A new head type (e.g. an anchor-free DFL
-head) adds an entry here and one in :data:`convert.graph.decode.DECODERS`; NMS is shared."""
-
-
-def head_type(head: dict[str, Any] | None) -> HeadType:
-    """The :class:`HeadType` of a head metadata dict.
-
-    Raises:
-        ConvertError: No head metadata, or an unsupported type.
-    """
-    if not head or "type" not in head:
-        raise ConvertError("the model has no head metadata (meta.head.type).",
-                           hint="post-processing needs a model exported by this project (load -> truncate_head "
-                           "-> export_onnx), whose metadata describes the head.")
-    if head["type"] not in HEADS:
-        raise ConvertError(f"head type {head['type']!r} is not supported by post-processing.",
-                           hint=f"supported: {', '.join(HEADS)}.")
-    return HEADS[head["type"]]
+# --- step 1: decoding, by the head's family (convert.heads) ---------------------------------
 
 
 def decode(maps: Sequence[np.ndarray], head: dict[str, Any]) -> Candidates:
-    """Step 1 for any supported head type (dispatch on ``head["type"]``)."""
-    return head_type(head).decode(maps, head)
+    """Step 1 for any supported head (:func:`convert.heads.parse`, then its family's decode)."""
+    from convert import heads
+
+    return heads.parse(head).decode(maps)
 
 
 # --- steps 2-6 -------------------------------------------------------------------------------
@@ -422,94 +338,3 @@ def match(a: ImageDetections, b: ImageDetections, tol: float = 1e-3) -> Agreemen
             matched += 1
             box_diff, kpt_diff = max(box_diff, float(diffs[j])), max(kpt_diff, float(kd[j]))
     return Agreement(len(a), len(b), matched, box_diff, kpt_diff)
-
-
-# --- PyTorch reference -------------------------------------------------------------------------
-
-
-def torch_reference(decoded, head: dict[str, Any], settings: NMSSettings, keypoints: bool | None = None
-                    ) -> Detections:
-    """The PyTorch reference: steps 2-6 in torch on a YOLOv5-family model's decoded output.
-
-    An implementation independent of :func:`postprocess` (decode by the model code, NMS in
-    torch), used to check the host-side and in-graph post-processing against.
-
-    Args:
-        decoded: ``[B, N, 5+nc+3*nk]`` tensor from :class:`convert.models.yolo.YoloModel`'s
-            decoded forward or :func:`convert.models.yolo.decode_raw` (cx, cy, w, h, obj, classes,
-            keypoints).
-        head: The head metadata (``nc``, ``nk``).
-        settings: Thresholds and limits.
-        keypoints: Whether to return keypoints; default: when the head has them.
-
-    Returns:
-        Padded detections (numpy), as :func:`postprocess`.
-    """
-    import torch
-
-    nc, nk = int(head["nc"]), int(head.get("nk") or 0)
-    with_kpts = bool(nk) if keypoints is None else keypoints and bool(nk)
-    d = decoded.detach().float().cpu()
-    B, N, _ = d.shape
-    half = d[..., 2:4] / 2
-    boxes_all = torch.cat([d[..., 0:2] - half, d[..., 0:2] + half], -1)
-    scores_all = d[..., 4:5] * d[..., 5:5 + nc]
-    kpts_all = d[..., 5 + nc:].reshape(B, N, nk, 3) if with_kpts else None
-    K = settings.max_detections
-    thr = torch.tensor(settings.score_threshold, dtype=torch.float32)
-    iou_thr = torch.tensor(settings.iou_threshold, dtype=torch.float32)
-    out = Detections(np.zeros((B, 1), np.int32), np.zeros((B, K, 4), np.float32), np.zeros((B, K), np.float32),
-                     np.zeros((B, K), np.int32), np.zeros((B, K, nk, 3), np.float32) if with_kpts else None)
-    for b in range(B):
-        boxes, scores = boxes_all[b], scores_all[b]
-        kpts = kpts_all[b] if with_kpts else None
-        if settings.pre_top_k is not None:
-            order = torch.sort(scores.max(1).values, descending=True, stable=True).indices[:settings.pre_top_k]
-            boxes, scores = boxes[order], scores[order]
-            kpts = kpts[order] if with_kpts else None
-        n_cand = scores.shape[0]
-        best = None
-        if settings.class_agnostic:
-            top_scores, best = scores.max(1, keepdim=True)
-            scores = top_scores
-        kept = []  # (score, flat index, candidate, class)
-        for c in range(scores.shape[1]):
-            idx = torch.nonzero(scores[:, c] > thr).flatten()
-            if not len(idx):
-                continue
-            idx = idx[torch.sort(scores[idx, c], descending=True, stable=True).indices]
-            iou = _torch_iou(boxes[idx])
-            suppressed = torch.zeros(len(idx), dtype=torch.bool)
-            n_kept = 0
-            for i in range(len(idx)):
-                if suppressed[i]:
-                    continue
-                n = int(idx[i])
-                kept.append((float(scores[n, c]), c * n_cand + n, n, c))
-                n_kept += 1
-                if n_kept == K:
-                    break
-                suppressed |= iou[i] > iou_thr
-        kept.sort(key=lambda t: (-t[0], t[1]))
-        kept = kept[:K]
-        out.num_dets[b, 0] = len(kept)
-        for j, (s, _, n, c) in enumerate(kept):
-            out.boxes[b, j] = boxes[n].numpy()
-            out.scores[b, j] = s
-            out.classes[b, j] = int(best[n, 0]) if best is not None else c
-            if with_kpts:
-                out.keypoints[b, j] = kpts[n].numpy()
-    return out
-
-
-def _torch_iou(boxes):
-    """Pairwise IoU ``[m, m]`` in float32, same operation order as :func:`iou_one_to_many`."""
-    import torch
-
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    iw = torch.minimum(boxes[:, None, 2], boxes[None, :, 2]) - torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
-    ih = torch.minimum(boxes[:, None, 3], boxes[None, :, 3]) - torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
-    overlap = (iw > 0) & (ih > 0)
-    inter = torch.where(overlap, iw * ih, torch.zeros(()))
-    iou = inter / (area[:, None] + area[None, :] - inter)
-    return torch.where(overlap & (inter > 0), iou, torch.zeros(()))

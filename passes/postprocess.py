@@ -14,7 +14,8 @@ from pydantic import Field, model_validator
 
 from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import ConvertError, PassError
-from convert.postprocess import HEADS, NMSSettings, head_type
+from convert import heads
+from convert.postprocess import NMSSettings
 
 
 class PostprocessConfig(PassConfig):
@@ -30,7 +31,7 @@ class PostprocessConfig(PassConfig):
     pre_top_k: int | None = Field(None, ge=1, description="keep only this many candidates, by best class score, "
                                   "before NMS (null: all)")
     class_agnostic: bool = Field(False, description="NMS across classes, each box taking its best class")
-    head_type: str | None = Field(None, description=f"the head type the input must have ({', '.join(HEADS)}); "
+    head_type: str | None = Field(None, description=f"the head type the input must have ({', '.join(heads.types())}); "
                                   "null: whatever the input's metadata says")
     keypoints: bool | None = Field(None, description="output keypoints [B,K,nk,3]; null: when the head has them")
 
@@ -38,9 +39,9 @@ class PostprocessConfig(PassConfig):
     def _check(self):
         has_kpts = None
         if self.head_type is not None:
-            if self.head_type not in HEADS:
-                raise ValueError(f"head_type {self.head_type!r} is not supported (supported: {', '.join(HEADS)})")
-            has_kpts = HEADS[self.head_type].keypoints
+            if self.head_type not in heads.types():
+                raise ValueError(f"head_type {self.head_type!r} is not supported (supported: {', '.join(heads.types())})")
+            has_kpts = heads.has_keypoints(self.head_type)
         if self.keypoints and has_kpts is False:
             raise ValueError(f"keypoints: true needs a keypoint head; head_type {self.head_type!r} has none")
         if self.backend == "efficient_nms_trt" and (self.keypoints or (has_kpts and self.keypoints is None)):
@@ -84,19 +85,19 @@ class Postprocess(Pass):
                             "decodes, or its layout is unknown.", hint="put a truncate_head stage before export_onnx.")
         head = meta.get("head")
         try:
-            kind = head_type(head)
+            kind = heads.parse(head)
         except ConvertError as e:
             raise PassError(e.message, hint=e.hint) from None
-        if c.head_type is not None and c.head_type != head["type"]:
-            raise PassError(f"{key('head_type')}: {c.head_type!r}, but the input's head is {head['type']!r}.",
+        if c.head_type is not None and c.head_type != kind.type:
+            raise PassError(f"{key('head_type')}: {c.head_type!r}, but the input's head is {kind.type!r}.",
                             hint="fix head_type, or drop it to take the input's.")
         want_kpts = kind.keypoints if c.keypoints is None else c.keypoints
         if want_kpts and not kind.keypoints:
-            raise PassError(f"{key('keypoints')}: true, but the input's {head['type']!r} head has no keypoints.",
+            raise PassError(f"{key('keypoints')}: true, but the input's {kind.type!r} head has no keypoints.",
                             hint="set keypoints: false (or drop it), or post-process a pose model.")
         if want_kpts and c.backend == "efficient_nms_trt":
             raise PassError(f"{key('backend')}: efficient_nms_trt cannot carry the keypoints of the input's "
-                            f"{head['type']!r} head (the plugin returns no indices).",
+                            f"{kind.type!r} head (the plugin returns no indices).",
                             hint="use backend efficient_nms_onnx_trt or onnx, or set keypoints: false.")
         model = onnx.load(str(art.file))
         nms = c.settings()

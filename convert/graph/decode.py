@@ -1,9 +1,9 @@
 """Decode rewrites: raw head maps in the graph -> decoded candidates (step 1 of :mod:`convert.postprocess`).
 
-Each head type has one function ``(builder, maps, head) -> GraphCandidates`` registered in
-:data:`DECODERS`; the NMS rewrites (:mod:`convert.graph.nms`) only see the candidates, so a
-new head type (e.g. an anchor-free DFL head) is one more function here and one more entry in
-:data:`convert.postprocess.HEADS`.
+Each head family's :meth:`convert.heads.Head.decode_graph` appends its own decode; this module
+holds what they share (the candidate tensors, per-cell constants) and the dispatch. The NMS
+rewrites (:mod:`convert.graph.nms`) only see the candidates, so every family gets every NMS
+back-end.
 
 Spatial sizes are read from the maps at run time (``Shape``/``Range``), so the decode works
 for dynamic input sizes; with static shapes, runtimes fold those nodes into constants.
@@ -11,7 +11,7 @@ for dynamic input sizes; with static shapes, runtimes fold those nodes into cons
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 from onnx import TensorProto
 
-from convert.errors import ConvertError
 from convert.graph.builder import Builder
 
 
@@ -45,13 +44,28 @@ class GraphCandidates:
     batch: int | str
 
 
-def _level_constants(b: Builder, p: gs.Variable, na: int, stride: float, anchors) -> list[gs.Variable]:
-    """Per-candidate cell offsets ``[1, 2, na*H*W]`` (x; y), stride ``[1, 1, na*H*W]`` and anchor
-    ``[1, 2, na*H*W]`` (w; h) of one level, candidates ordered anchor, y, x like its flattened map."""
+def as_float(b: Builder, p: gs.Variable) -> gs.Variable:
+    """``p`` cast to float32 unless it already is (FP16 models)."""
+    if p.dtype is not None and np.dtype(p.dtype) != np.float32:
+        return b.op("Cast", p, attrs={"to": TensorProto.FLOAT})
+    return p
+
+
+def cell_constants(b: Builder, p: gs.Variable, na: int, stride: float, anchors=None, offset: float = 0.0
+                   ) -> list[gs.Variable]:
+    """Per-candidate constants of one level map ``p [B, C, H, W]``, candidates ordered anchor, y, x.
+
+    Returns:
+        ``[grid, stride]`` and, with ``anchors``, ``anchor``: cell positions ``[1, 2, na*H*W]``
+        (x + offset; y + offset, grid units), stride ``[1, 1, na*H*W]``, anchor sizes
+        ``[1, 2, na*H*W]`` (w; h, from ``anchors [na, 2]``).
+    """
     h, w = b.dim(p, 2), b.dim(p, 3)
     zero, one = b.const(0, np.int64), b.const(1, np.int64)
     gx = b.op("Cast", b.op("Range", zero, b.scalar(w), one), attrs={"to": TensorProto.FLOAT})
     gy = b.op("Cast", b.op("Range", zero, b.scalar(h), one), attrs={"to": TensorProto.FLOAT})
+    if offset:
+        gx, gy = (b.op("Add", g, b.const(offset, np.float32)) for g in (gx, gy))
     hw = b.op("Concat", h, w, attrs={"axis": 0})
     xx = b.op("Reshape", b.op("Expand", b.unsqueeze(gx, [0]), hw), b.const([1, 1, -1], np.int64))
     yy = b.op("Reshape", b.op("Expand", b.unsqueeze(gy, [1]), hw), b.const([1, 1, -1], np.int64))
@@ -60,75 +74,31 @@ def _level_constants(b: Builder, p: gs.Variable, na: int, stride: float, anchors
     flat = b.const([1, 2, -1], np.int64)
     grid = b.op("Reshape", b.op("Expand", b.unsqueeze(b.op("Concat", xx, yy, attrs={"axis": 1}), [2]), per_anchor),
                 flat)
-    anchor = b.const(np.asarray(anchors, np.float32).T.reshape(1, 2, na, 1), np.float32)
-    anchor = b.op("Reshape", b.op("Expand", anchor, per_anchor), flat)
+    out = [grid]
+    if anchors is not None:
+        anchor = b.const(np.asarray(anchors, np.float32).T.reshape(1, 2, na, 1), np.float32)
+        anchor = b.op("Reshape", b.op("Expand", anchor, per_anchor), flat)
     s = b.op("Expand", b.const([[[stride]]], np.float32),
              b.op("Concat", b.const([1, 1], np.int64), b.op("Mul", cells, b.const([na], np.int64)), attrs={"axis": 0}))
-    return [grid, s, anchor]
+    out.append(s)
+    if anchors is not None:
+        out.append(anchor)
+    return out
 
 
-def decode_yolov5(b: Builder, maps: Sequence[gs.Variable], head: dict[str, Any]) -> GraphCandidates:
-    """Appends the YOLOv5 / YOLO-Pose decode of the raw maps ``[B, na*no, H, W]``.
-
-    Every level is laid out as ``[B, no, na*H*W]`` and the levels concatenated, so the decode
-    runs once over all candidates with per-candidate grid, stride and anchor tensors, and the
-    class scores come out class-major without another transpose. The arithmetic is that of
-    :func:`convert.postprocess.decode_yolov5` and of the PyTorch model, in the same order.
-    """
-    nc, nk, na = int(head["nc"]), int(head.get("nk") or 0), int(head["na"])
-    no = 5 + nc + 3 * nk
-    raw, consts = [], []
-    for level, (p, stride, anchors) in enumerate(zip(maps, head["strides"], head["anchors"], strict=True)):
-        if p.shape is not None and len(p.shape) == 4 and isinstance(p.shape[1], int) and p.shape[1] != na * no:
-            raise ConvertError(f"head output {p.name!r} (level {level}) has {p.shape[1]} channels, but the head "
-                               f"metadata says na*(5+nc+3*nk) = {na}*{no} = {na * no}.",
-                               hint="check the head's nc/nk against the model.")
-        if p.dtype is not None and np.dtype(p.dtype) != np.float32:
-            p = b.op("Cast", p, attrs={"to": TensorProto.FLOAT})
-        x = b.op("Transpose", b.op("Reshape", p, b.const([0, na, no, -1], np.int64)), attrs={"perm": [0, 2, 1, 3]})
-        raw.append(b.op("Reshape", x, b.const([0, no, -1], np.int64)))  # [B, no, na*H*W]
-        consts.append(_level_constants(b, p, na, float(stride), anchors))
-
-    def cat(parts, axis=2):
-        return parts[0] if len(parts) == 1 else b.op("Concat", *parts, attrs={"axis": axis})
-
-    x = cat(raw)  # [B, no, N]
-    grid, stride, anchor = (cat([c[i] for c in consts]) for i in range(3))
-    two, half_px = b.const(2, np.float32), b.const(0.5, np.float32)
-    det = b.op("Sigmoid", b.slice(x, 0, 5 + nc, 1) if nk else x)  # no copy when there is nothing to cut off
-    xy = b.op("Mul", b.op("Add", b.op("Sub", b.op("Mul", b.slice(det, 0, 2, 1), two), half_px), grid), stride)
-    t = b.op("Mul", b.slice(det, 2, 4, 1), two)
-    half = b.op("Div", b.op("Mul", b.op("Mul", t, t), anchor), two)
-    boxes = b.op("Concat", b.op("Sub", xy, half), b.op("Add", xy, half), attrs={"axis": 1})
-    boxes = b.op("Transpose", boxes, attrs={"perm": [0, 2, 1]})
-    scores = b.op("Mul", b.slice(det, 4, 5, 1), b.slice(det, 5, 5 + nc, 1))
-    kpts = None
-    if nk:
-        k = b.op("Reshape", b.slice(x, 5 + nc, no, 1), b.const([0, nk, 3, -1], np.int64))  # [B, nk, 3, N]
-        kxy = b.op("Mul", b.op("Add", b.op("Sub", b.op("Mul", b.slice(k, 0, 2, 2), two), half_px),
-                               b.unsqueeze(grid, [1])), b.unsqueeze(stride, [1]))
-        kpts = b.op("Concat", kxy, b.op("Sigmoid", b.slice(k, 2, 3, 2)), attrs={"axis": 2})
-        kpts = b.op("Transpose", kpts, attrs={"perm": [0, 3, 1, 2]})
-    batch = maps[0].shape[0] if maps[0].shape else "batch"
-    return GraphCandidates(boxes, scores, kpts, nc, nk, batch)
-
-
-DECODERS: dict[str, Callable[[Builder, Sequence[gs.Variable], dict[str, Any]], GraphCandidates]] = {
-    "yolov5": decode_yolov5,
-    "yolov5_pose": decode_yolov5,
-}
-"""Head type -> decode rewrite (keys equal :data:`convert.postprocess.HEADS`)."""
+def concat(b: Builder, parts: Sequence[gs.Variable], axis: int = 2) -> gs.Variable:
+    """Concatenation of level tensors (no node for a single level)."""
+    return parts[0] if len(parts) == 1 else b.op("Concat", *parts, attrs={"axis": axis})
 
 
 def append_decode(b: Builder, maps: Sequence[gs.Variable], head: dict[str, Any]) -> GraphCandidates:
-    """Appends the decode for ``head["type"]``.
+    """Appends the decode of ``head``'s family (:func:`convert.heads.parse`).
 
     Raises:
-        ConvertError: Unsupported head type, or a level count that does not match the head.
+        ConvertError: Unsupported head type, or maps that do not match the head metadata.
     """
-    if head.get("type") not in DECODERS:
-        raise ConvertError(f"head type {head.get('type')!r} has no in-graph decode.",
-                           hint=f"supported: {', '.join(DECODERS)}.")
-    if len(maps) != len(head["strides"]):
-        raise ConvertError(f"{len(maps)} head outputs for {len(head['strides'])} levels in the head metadata.")
-    return DECODERS[head["type"]](b, maps, head)
+    from convert import heads
+
+    typed = heads.parse(head)
+    typed.check_maps([m.shape for m in maps])
+    return typed.decode_graph(b, maps)

@@ -11,7 +11,6 @@ from PIL import Image
 from convert.errors import ConvertError
 from convert.evaluation import (
     coco_results,
-    decoded_candidates,
     end2end_outputs,
     evaluate_detections,
     evaluate_model,
@@ -173,7 +172,7 @@ def test_host_side_postprocessing_agrees_for_raw_and_decoded_outputs():
     assert np.allclose(raw["boxes"], dec["boxes"], atol=1e-3) and np.array_equal(raw["classes"], dec["classes"])
     assert raw["keypoints"].shape == (1, 50, 17, 3) and np.allclose(raw["keypoints"], dec["keypoints"], atol=1e-3)
     with pytest.raises(ConvertError, match="columns"):
-        decoded_candidates(decoded[..., :-1], head)
+        end2end_outputs({"predictions": decoded[..., :-1]}, {"head": head}, 0.001, 0.6, 10)
     with pytest.raises(ConvertError, match="no head metadata"):
         end2end_outputs({"predictions": decoded}, {}, 0.001, 0.6, 10)
 

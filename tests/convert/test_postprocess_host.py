@@ -9,6 +9,7 @@ import pytest
 
 from convert import postprocess as pp
 from convert.errors import ConvertError
+from convert.heads.reference import torch_reference
 from convert.preprocess import preprocess
 
 
@@ -43,7 +44,9 @@ def test_torch_reference_equals_host_exactly(settings, nk):
     torch = pytest.importorskip("torch")
     d = decoded(nk=nk)
     host = pp.select(as_candidates(d, 4, nk), settings)
-    ref = pp.torch_reference(torch.from_numpy(d), {"nc": 4, "nk": nk}, settings)
+    head = {"type": "yolov5_pose" if nk else "yolov5", "nc": 4, "nk": nk, "na": 1, "strides": [8],
+            "anchors": [[[1, 1]]]}
+    ref = torch_reference(torch.from_numpy(d), head, settings)
     assert host.num_dets.min() > 0
     for name, arr in host.outputs().items():
         np.testing.assert_array_equal(ref.outputs()[name], arr, err_msg=name)
@@ -100,7 +103,7 @@ def test_host_postprocess_agrees_with_model_decode_and_torch_reference(arch, nc)
     x = torch.rand(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
     settings = pp.NMSSettings(0.3, 0.45, 300)  # K above the count: no near-tie at the K boundary
     with torch.no_grad():
-        ref = pp.torch_reference(model(x), model.head_meta(), settings)
+        ref = torch_reference(model(x), model.head_meta(), settings)
         maps = model.truncate_head()(x)
     host = pp.postprocess([m.numpy() for m in maps], model.head_meta(), settings)
     assert ref.num_dets.min() >= 10 and ref.num_dets.max() < 300
@@ -170,7 +173,7 @@ def test_outputs_round_trip_and_errors():
     with pytest.raises(ConvertError, match="scores"):
         pp.Detections.from_outputs({"num_dets": dets.num_dets, "boxes": dets.boxes})
     with pytest.raises(ConvertError, match="not supported"):
-        pp.head_type({"type": "yolov8"})
+        pp.decode([], {"type": "yolov10"})
     with pytest.raises(ConvertError, match="no head metadata"):
         pp.decode([], None)
     with pytest.raises(ConvertError, match="channels"):

@@ -95,7 +95,8 @@ def test_keypoints_can_be_dropped_and_trt_backends_agree(tmp_path):
 @pytest.mark.parametrize("case,config,match", [
     ({"truncated": False}, {}, "not truncated"),
     ({"head": None}, {}, "no head metadata"),
-    ({"head": {**synthetic_head(), "type": "yolov8"}}, {}, "not supported"),
+    ({"head": {**synthetic_head(), "type": "yolov10"}}, {}, "not supported"),
+    ({"head": {**synthetic_head(), "type": "yolov8"}}, {}, r"head metadata \(yolov8\): anchors"),
     ({}, {"head_type": "yolov5_pose"}, r"stages\.pp\.with\.head_type"),
     ({}, {"keypoints": True}, r"stages\.pp\.with\.keypoints"),
     ({"nk": 4}, {"backend": "efficient_nms_trt"}, r"stages\.pp\.with\.backend"),
@@ -116,7 +117,7 @@ def test_input_problems_are_pass_errors(tmp_path, case, config, match):
     ("max_detections=0", "max_detections"),
     ("pre_top_k=0", "pre_top_k"),
     ("backend=batched_nms", "backend"),
-    ("head_type=yolov8", "not supported"),
+    ("head_type=yolov10", "not supported"),
     ("head_type=yolov5 keypoints=true", "needs a keypoint head"),
     ("head_type=yolov5_pose backend=efficient_nms_trt", "cannot output keypoints"),
 ])

@@ -10,7 +10,7 @@ import pytest
 from convert import postprocess as pp
 from convert.errors import ConvertError
 from convert.graph.builder import Builder
-from convert.graph.decode import DECODERS, append_decode
+from convert.graph.decode import append_decode
 from convert.onnxutil import ort_session
 
 from synthetic import synthetic_head, synthetic_model
@@ -97,7 +97,3 @@ def test_channel_mismatch_is_refused():
     head = synthetic_head(nc=2)
     with pytest.raises(ConvertError, match="channels"):
         decode_model(synthetic_model(head), {**head, "nc": 3})
-
-
-def test_every_host_head_type_has_a_graph_decoder():
-    assert set(DECODERS) == set(pp.HEADS)
