@@ -40,10 +40,10 @@ def import_factory(spec: str):
 
 def build_module(recipe: dict[str, Any]):
     """Builds an untrained module from a recipe (see the module docstring)."""
-    if recipe["source"] == "yolov5":
-        from convert.models.yolo import build_model
+    from convert.models import ARCHITECTURES, architecture
 
-        return build_model(recipe["arch"], nc=recipe["nc"], names=recipe["names"], seed=recipe.get("seed", 0))
+    if recipe["source"] in ARCHITECTURES:
+        return architecture(recipe["source"]).from_recipe(recipe)
     if recipe["source"] == "python":
         import torch
 

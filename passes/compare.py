@@ -66,7 +66,8 @@ class Tolerances(PassConfig):
 
 
 class CompareConfig(PassConfig):
-    images: InputPath = Field(description="folder of real images (searched recursively)")
+    images: InputPath | None = Field(None, description="folder of real images (searched recursively); null: the "
+                                     "built-in sample photos (scikit-image's)")
     max_images: int = Field(8, ge=1, description="compare on the first N images (sorted by path)")
     onnx_backends: list[Literal["onnxruntime", "openvino"]] = Field(
         ["onnxruntime", "openvino"], min_length=1, description="back-ends each onnx artifact runs on")
@@ -82,7 +83,7 @@ class Compare(Pass):
     """Compare artifacts against a reference on real images: errors, cosine, detection agreement."""
 
     name = "compare"
-    version = 1
+    version = 2
     Config = CompareConfig
     inputs = {
         "reference": Input(("torch", "onnx", "openvino"), doc="the reference model (usually the torch model)"),
@@ -98,15 +99,22 @@ class Compare(Pass):
 
         c: CompareConfig = self.config
         ref = inputs["reference"]
-        paths = list_images(c.images)[: c.max_images]
-        if not paths:
-            raise ConvertError(f"images: no images under {c.images}.")
+        if c.images is None:
+            from calib.builtin import BUILTIN_IMAGES, load_builtin
+
+            names = list(BUILTIN_IMAGES[: c.max_images])
+            photos = [load_builtin(n) for n in names]
+        else:
+            paths = list_images(c.images)[: c.max_images]
+            if not paths:
+                raise ConvertError(f"images: no images under {c.images}.")
+            names, photos = [p.name for p in paths], [load_image(p) for p in paths]
         pp = ref.meta.get("preprocess")
         for m in inputs["models"]:
             if _pp_key(m.meta.get("preprocess")) != _pp_key(pp):
                 raise ConvertError(f"a {m.kind} artifact preprocesses images differently from the reference "
                                    "(size or normalisation), so their outputs cannot be compared.")
-        xs = [preprocess(load_image(p), pp)[0] for p in paths]
+        xs = [preprocess(img, pp)[0] for img in photos]
         ref_info = model_info(ref)
         with load_runner(ref, threads=c.threads) as runner:
             ref_outs = [infer(runner, x) for x in ctx.bar(xs, desc="reference")]
@@ -142,7 +150,7 @@ class Compare(Pass):
             failures += [f"{info['label']} vs {ref_info['label']}: {f}" for f in entry["failures"]]
             results.append(entry)
 
-        record = {"type": "comparison", "reference": ref_info, "images": [p.name for p in paths],
+        record = {"type": "comparison", "reference": ref_info, "images": names,
                   "settings": c.model_dump(mode="json", exclude={"images", "tolerances"}), "models": results}
         (out / "metrics.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return PassResult("metrics", "metrics.json", {"metrics_type": "comparison"},
@@ -247,11 +255,14 @@ def agreement(ref: list[dict], other: list[dict], match_iou: float = 0.5) -> dic
     Returns:
         ``agreement`` (matched / larger count, summed over images; 1 when neither detects anything),
         ``matched``, ``reference_count``, ``model_count``, ``count_diff_mean``, ``count_diff_max``,
-        ``images_with_count_diff``, ``mean_iou`` and ``max_score_diff`` of matches, and for pose
-        ``max_kpt_px`` / ``mean_kpt_px`` (keypoint distance of matches, network pixels).
+        ``images_with_count_diff``, ``recall`` (reference detections matched / reference count),
+        ``mean_iou`` and ``max_score_diff`` of matches, and for pose ``max_kpt_px`` / ``mean_kpt_px``
+        (keypoint distance of matches, network pixels) and ``mean_kpt_diag`` / ``p95_kpt_diag``
+        (the same as a fraction of the reference box's diagonal, which makes it independent of
+        the object's size).
     """
     matched = denom = 0
-    ious, score_diffs, kpt_dists, count_diffs = [], [], [], []
+    ious, score_diffs, kpt_dists, kpt_rel, count_diffs = [], [], [], [], []
     for r, o in zip(ref, other):
         n_r, n_o = len(r["scores"]), len(o["scores"])
         count_diffs.append(abs(n_r - n_o))
@@ -270,10 +281,14 @@ def agreement(ref: list[dict], other: list[dict], match_iou: float = 0.5) -> dic
             ious.append(iou[i, j])
             score_diffs.append(abs(float(r["scores"][i]) - float(o["scores"][j])))
             if "keypoints" in r and "keypoints" in o:
-                kpt_dists.append(np.linalg.norm(r["keypoints"][i][:, :2] - o["keypoints"][j][:, :2], axis=-1))
+                dist = np.linalg.norm(r["keypoints"][i][:, :2] - o["keypoints"][j][:, :2], axis=-1)
+                box = np.asarray(r["boxes"][i], np.float64)
+                kpt_dists.append(dist)
+                kpt_rel.append(dist / max(float(np.hypot(box[2] - box[0], box[3] - box[1])), 1e-9))
         matched += len(used_r)
+    n_ref = int(sum(len(r["scores"]) for r in ref))
     out = {"agreement": matched / denom if denom else 1.0, "matched": matched,
-           "reference_count": int(sum(len(r["scores"]) for r in ref)),
+           "recall": matched / n_ref if n_ref else 1.0, "reference_count": n_ref,
            "model_count": int(sum(len(o["scores"]) for o in other)),
            "count_diff_mean": float(np.mean(count_diffs)) if count_diffs else 0.0,
            "count_diff_max": int(max(count_diffs, default=0)),
@@ -282,7 +297,9 @@ def agreement(ref: list[dict], other: list[dict], match_iou: float = 0.5) -> dic
            "max_score_diff": float(max(score_diffs)) if score_diffs else None}
     if kpt_dists:
         d = np.concatenate(kpt_dists)
-        out.update(max_kpt_px=float(d.max()), mean_kpt_px=float(d.mean()))
+        rel = np.concatenate(kpt_rel)
+        out.update(max_kpt_px=float(d.max()), mean_kpt_px=float(d.mean()), mean_kpt_diag=float(rel.mean()),
+                   p95_kpt_diag=float(np.percentile(rel, 95)))
     return out
 
 
@@ -314,4 +331,6 @@ def _summary(results: list[dict[str, Any]]) -> dict[str, Any]:
             summary[f"{label} min_cosine"] = min(s["min_cosine"] for s in r["outputs"].values())
         if "detections" in r:
             summary[f"{label} agreement"] = r["detections"]["agreement"]
+            if "mean_kpt_diag" in r["detections"]:
+                summary[f"{label} kpt_err_diag"] = r["detections"]["mean_kpt_diag"]
     return summary

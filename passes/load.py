@@ -1,9 +1,9 @@
-"""``load``: the first artifact of a pipeline, from a YOLOv5 checkpoint, a Python factory or an ONNX file."""
+"""``load``: the first artifact of a pipeline: a YOLOv5 or ultralytics (YOLOv8 / YOLO11) checkpoint or
+architecture, a Python factory or an ONNX file."""
 
 from __future__ import annotations
 
 import shutil
-import warnings
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -26,16 +26,20 @@ class PreprocessConfig(PassConfig):
 
 
 class LoadConfig(PassConfig):
-    source: Literal["yolov5", "python", "onnx"] = Field(
-        "yolov5", description="yolov5: YOLOv5-family model built by this project (from `arch` or the checkpoint); "
-        "python: an nn.Module from `factory`; onnx: an existing ONNX file given as `weights`")
+    source: Literal["yolov5", "ultralytics", "python", "onnx"] = Field(
+        "yolov5", description="yolov5: YOLOv5-repository model (YOLOv5, YOLO-Pose); ultralytics: YOLOv8 / YOLO11 "
+        "detection or pose; both built by this project from `arch` or the checkpoint. python: an nn.Module from "
+        "`factory`; onnx: an existing ONNX file given as `weights`")
     arch: str | None = Field(
-        None, description="yolov5: built-in architecture name (yolov5n, yolov5s, yolov5s-pose); "
-        "default: the checkpoint's own architecture")
-    arch_file: InputPath | None = Field(None, description="yolov5: a YOLOv5 model-YAML file instead of `arch`")
+        None, description="yolov5: built-in architecture (yolov5n, yolov5s, yolov5s-pose); ultralytics: yolov8n, "
+        "yolov8n-pose, yolo11n, yolo11n-pose; default: the checkpoint's own architecture")
+    arch_file: InputPath | None = Field(None, description="yolov5 / ultralytics: a model-YAML file instead of `arch`")
+    builder: Literal["own", "ultralytics"] = Field(
+        "own", description="ultralytics: own: this project's modules (no ultralytics import); ultralytics: the "
+        "installed ultralytics package builds the layers (for architectures the own builder does not know)")
     weights: InputPath | None = Field(
-        None, description="yolov5: official checkpoint (.pt) or a state dict for `arch`; python: a state dict; "
-        "onnx: the .onnx file. Checkpoints are read without executing pickled code")
+        None, description="yolov5 / ultralytics: official checkpoint (.pt) or a state dict for `arch`; python: a "
+        "state dict; onnx: the .onnx file. Checkpoints are read without executing pickled code")
     nc: int | None = Field(None, ge=1, description="number of classes (default: the checkpoint's or the arch's)")
     names: list[str] | None = Field(None, description="class names (default: the checkpoint's, else class0...)")
     seed: int = Field(0, description="seed of the initial weights when no weights are given")
@@ -48,11 +52,15 @@ class LoadConfig(PassConfig):
     def _check_source(self):
         if self.input_size[0] < 32 or self.input_size[1] < 32 or self.input_size[0] % 32 or self.input_size[1] % 32:
             raise ValueError(f"input_size must be multiples of 32 (the largest stride), got {list(self.input_size)}")
-        if self.source == "yolov5":
+        if self.builder != "own" and self.source != "ultralytics":
+            raise ValueError(f"builder {self.builder} is for source ultralytics only")
+        if self.source in ("yolov5", "ultralytics"):
             if self.arch and self.arch_file:
                 raise ValueError("give arch or arch_file, not both")
             if not (self.arch or self.arch_file or self.weights):
-                raise ValueError("source yolov5 needs arch (e.g. yolov5s), arch_file or a checkpoint in weights")
+                example = "yolov5s" if self.source == "yolov5" else "yolo11n-pose"
+                raise ValueError(f"source {self.source} needs arch (e.g. {example}), arch_file or a checkpoint in "
+                                 "weights")
         elif self.source == "python" and not self.factory:
             raise ValueError("source python needs factory: 'package.module:function'")
         elif self.source == "onnx" and not self.weights:
@@ -61,7 +69,7 @@ class LoadConfig(PassConfig):
 
 
 class Load(Pass):
-    """Load a model: YOLOv5 checkpoint or architecture, Python factory, or ONNX file."""
+    """Load a model: YOLOv5 or ultralytics checkpoint or architecture, Python factory, or ONNX file."""
 
     name = "load"
     version = 1
@@ -81,10 +89,14 @@ class Load(Pass):
             return self._load_onnx(out)
         from convert.torchmodel import save_state
 
-        if c.source == "yolov5":
-            module, recipe = self._load_yolov5()
-        else:
+        if c.source == "python":
             module, recipe = self._load_python()
+        else:
+            from convert.models import ModelRequest, architecture
+
+            module, recipe = architecture(c.source).load(ModelRequest(
+                arch=c.arch_file or c.arch, weights=c.weights, nc=c.nc, names=tuple(c.names) if c.names else None,
+                seed=c.seed, builder=c.builder))
         save_state(module, out / "model.pt")
         head = module.head_meta() if hasattr(module, "head_meta") else None
         names = list(getattr(module, "names", None) or (head or {}).get("names") or [])
@@ -95,34 +107,6 @@ class Load(Pass):
                 "input": {"name": "images", "shape": [1, 3, *c.input_size]}}
         n_params = sum(p.numel() for p in module.parameters())
         return PassResult("torch", "model.pt", meta, {"params": n_params, "pretrained": c.weights is not None})
-
-    def _load_yolov5(self):
-        from convert.models.checkpoint import load_checkpoint, load_state_dict_file
-        from convert.models.yolo import build_model, load_arch, load_weights
-
-        c: LoadConfig = self.config
-        arch = load_arch(c.arch_file or c.arch) if (c.arch or c.arch_file) else None
-        names = c.names
-        if c.weights is not None and arch is None:
-            ckpt = load_checkpoint(c.weights)
-            arch, state, names = ckpt.arch, ckpt.state_dict, names or ckpt.names
-            nc = c.nc or ckpt.nc
-        elif c.weights is not None:
-            state = load_state_dict_file(c.weights)
-            nc = c.nc
-        else:
-            warnings.warn("load: no weights given; the model is randomly initialised (seed "
-                          f"{c.seed}). Its outputs are meaningless.", stacklevel=1)
-            state, nc = None, c.nc
-        if names is not None and nc is not None and len(names) != nc:
-            raise ConvertError(f"names: {len(names)} class names for nc={nc}.",
-                               hint="give one name per class.")
-        model = build_model(arch, nc=nc, names=names, seed=c.seed)
-        if state is not None:
-            load_weights(model, state, source=str(c.weights))
-        recipe = {"source": "yolov5", "arch": model.arch, "nc": int(model.head.nc), "names": model.names,
-                  "seed": c.seed}
-        return model, recipe
 
     def _load_python(self):
         from convert.models.checkpoint import load_state_dict_file

@@ -22,7 +22,7 @@ import pickle
 import struct
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,17 @@ def _encode_bytes(text: str, encoding: str = "utf-8") -> bytes:
     return str(text).encode(encoding)
 
 
+def _stub_getattr(obj: Any, name: str) -> Any:
+    """``builtins.getattr`` as ultralytics checkpoints use it (``getattr(Detect, "forward")``, a
+    method reference pickled with the model): allowed on stubs only, where it yields another stub,
+    so nothing real is ever looked up."""
+    owner = obj if isinstance(obj, type) else type(obj)
+    if not (issubclass(owner, Stub) and isinstance(name, str)):
+        raise ConvertError(f"refusing to load the checkpoint: it asks for getattr({type(obj).__name__}, {name!r}), "
+                           "which can reach code", hint="only load checkpoints from sources you trust.")
+    return type(name, (Stub,), {"qualname": f"{owner.qualname}.{name}", "__module__": owner.__module__})
+
+
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -125,6 +136,7 @@ _ALLOWED = {
     ("torch", "Size"): torch.Size,
     ("_codecs", "encode"): _encode_bytes,
     **{("builtins", t.__name__): t for t in (set, frozenset, slice, range, complex, bytearray)},
+    ("builtins", "getattr"): _stub_getattr,
 }
 
 
@@ -290,7 +302,10 @@ class Checkpoint:
         names: Class names, index = class id.
         stride: Stride of each detection level, in pixels.
         state_dict: Parameters and buffers; floating point ones converted to float32.
-        nc: Number of classes.
+        nc: Number of classes (the model's own count where it records one, else the arch's).
+        model_class: Qualified name of the pickled model class (``models.yolo.Model``,
+            ``ultralytics.nn.tasks.PoseModel``...), read from the pickle, never imported.
+        attrs: Other plain attributes of the model object (``task``, ``kpt_shape``...).
     """
 
     arch: dict
@@ -298,10 +313,12 @@ class Checkpoint:
     stride: list[float]
     state_dict: dict[str, torch.Tensor]
     nc: int
+    model_class: str = ""
+    attrs: dict = field(default_factory=dict)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Reads an official YOLOv5 (or YOLO-Pose) checkpoint: ``{"model": Model, ...}``.
+    """Reads a YOLOv5 (or YOLO-Pose) or ultralytics checkpoint: ``{"model": Model, ...}``.
 
     Args:
         path: The ``.pt`` file.
@@ -325,15 +342,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
                            hint="for a plain state dict use a spec with an explicit arch "
                                 "(convert.models.checkpoint.load_state_dict_file).")
     arch = st["yaml"]
-    nc = int(arch.get("nc", 0))
+    nc = st.get("nc") if isinstance(st.get("nc"), int) else int(arch.get("nc", 0))
     names = st.get("names")
     if isinstance(names, dict):
         names = [names[k] for k in sorted(names)]
     names = [str(n) for n in names] if isinstance(names, (list, tuple)) else [f"class{i}" for i in range(nc)]
     stride = st.get("stride")
     stride = [float(s) for s in stride.tolist()] if isinstance(stride, torch.Tensor) else []
-    return Checkpoint(arch=arch, names=names, stride=stride,
-                      state_dict=_float_state(module_state_dict(model), path), nc=nc)
+    attrs = {k: v for k, v in st.items() if k in ("task", "kpt_shape") and isinstance(v, (str, list, tuple))}
+    return Checkpoint(arch=arch, names=names, stride=stride, state_dict=_float_state(module_state_dict(model), path),
+                      nc=nc, model_class=getattr(type(model), "qualname", ""), attrs=attrs)
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

@@ -1,9 +1,10 @@
 """Synthetic truncated-head ONNX models, for exercising post-processing without a trained network.
 
 The model average-pools the image to each level's grid and applies a random 1x1 convolution,
-so its raw maps have exactly the layout of a truncated YOLOv5 / YOLO-Pose head
-(``[B, na*(5+nc+3*nk), H/s, W/s]``, channel ``a*no + c``) and vary smoothly across cells:
-neighbouring candidates overlap with similar scores, which is what NMS has to sort out.
+so its raw maps have exactly the layout of a truncated head of any family (YOLOv5 / YOLO-Pose:
+``[B, na*(5+nc+3*nk), H/s, W/s]``; YOLOv8: box, cls and kpt maps per level) and vary smoothly
+across cells: neighbouring candidates overlap with similar scores, which is what NMS has to
+sort out.
 """
 
 from __future__ import annotations
@@ -28,6 +29,15 @@ def synthetic_head(nc: int = 3, nk: int = 0, strides: tuple[int, ...] = (8, 16, 
             "outputs": [f"p{int(math.log2(s))}" for s in strides]}
 
 
+def synthetic_yolov8_head(nc: int = 3, nk: int = 0, strides: tuple[int, ...] = (8, 16, 32),
+                          reg_max: int = 16) -> dict[str, Any]:
+    """Head metadata shaped like a truncated ultralytics YOLOv8 / YOLO11 model's."""
+    parts = ("box", "cls", "kpt") if nk else ("box", "cls")
+    return {"type": "yolov8_pose" if nk else "yolov8", "strides": list(strides), "nc": nc, "nk": nk,
+            "reg_max": reg_max, "names": [f"class{i}" for i in range(nc)],
+            "outputs": [f"p{int(math.log2(s))}_{p}" for s in strides for p in parts]}
+
+
 def synthetic_model(head: dict[str, Any], size: tuple[int, int] = (64, 96), batch: int | None = 1,
                     dynamic_hw: bool = False, seed: int = 0, logit_scale: float = 2.0,
                     opset: int = 17) -> onnx.ModelProto:
@@ -42,13 +52,16 @@ def synthetic_model(head: dict[str, Any], size: tuple[int, int] = (64, 96), batc
         logit_scale: Spread of the raw logits (weights and biases are N(0, scale)).
         opset: ONNX opset of the model.
     """
+    from convert import heads
+
     rng = np.random.default_rng(seed)
-    no = 5 + head["nc"] + 3 * head["nk"]
-    ch = head["na"] * no
+    channels = heads.parse(head).map_channels()
+    per_level = len(channels) // len(head["strides"])
     b = "batch" if batch is None else batch
     h, w = ("height", "width") if dynamic_hw else size
     nodes, inits, outputs = [], [], []
-    for s, name in zip(head["strides"], head["outputs"]):
+    for i, (ch, name) in enumerate(zip(channels, head["outputs"], strict=True)):
+        s = head["strides"][i // per_level]
         weight = (rng.standard_normal((ch, 3, 1, 1)) * logit_scale).astype(np.float32)
         bias = (rng.standard_normal(ch) * logit_scale).astype(np.float32)
         inits += [numpy_helper.from_array(weight, f"{name}.weight"), numpy_helper.from_array(bias, f"{name}.bias")]
