@@ -162,6 +162,13 @@ class Pass:
         """
         return []
 
+    @classmethod
+    def runs_code(cls, config: PassConfig) -> str | None:
+        """What code named by the spec the stage would import or load (a Python factory, a shared
+        library), or None. Such a stage runs only with ``--trust-code``: a shared spec must not be
+        able to run code on the machine of whoever runs it."""
+        return None
+
     def run(self, inputs: dict[str, Any], out: Path, ctx: RunContext) -> PassResult:
         """Runs the pass.
 

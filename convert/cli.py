@@ -36,8 +36,9 @@ def _manager(args, spec, log=None):
     from convert.store import Store
 
     store, arts = _dirs(args, spec)
+    trust = getattr(args, "trust_code", False) or os.environ.get("CONVERT_TRUST_CODE", "") == "1"
     return Manager(spec, Store(store), arts, log=log or (lambda s: None),
-                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty())
+                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust)
 
 
 def cmd_run(args) -> int:
@@ -64,6 +65,8 @@ def cmd_validate(args) -> int:
     """Check a spec (bases, interpolation, overrides, every pass's parameters, files) without running it."""
     spec = _load(args)
     print(f"{spec.path}: ok ({len(spec.stages)} stages: {', '.join(s.name for s in spec.stages)})")
+    for name, why in _manager(args, spec).code_stages():
+        print(f"  {name}: needs --trust-code ({why})")
     return 0
 
 
@@ -78,6 +81,8 @@ def cmd_plan(args) -> int:
     for r in plan:
         state = "cached" if r.status == "cached" else "will run"
         print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]}")
+    for name, why in _manager(args, spec).code_stages():
+        print(f"{name}: needs --trust-code ({why})")
     return 0
 
 
@@ -280,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--frozen", action="store_true", help="CI mode: fail unless keys and outputs equal the lockfile")
     sp.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("--trust-code", action="store_true", help="allow stages that import or load code the spec "
+                    "names (source: python factories, TensorRT plugin libraries); also CONVERT_TRUST_CODE=1")
     sp = add("validate", cmd_validate)
     spec_args(sp, optional=True)
     sp = add("plan", cmd_plan)

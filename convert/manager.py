@@ -130,12 +130,27 @@ class Manager:
     """
 
     def __init__(self, spec: Spec, store: Store, artifacts_dir: Path,
-                 log: Callable[[str], None] = lambda s: None, progress: bool = True):
+                 log: Callable[[str], None] = lambda s: None, progress: bool = True, trust_code: bool = False):
         self.spec = spec
         self.store = store
         self.artifacts_dir = artifacts_dir
         self.log = log
         self.progress = progress
+        self.trust_code = trust_code
+
+    def code_stages(self) -> list[tuple[str, str]]:
+        """(stage, what it runs) for every stage that imports or loads code named by the spec."""
+        return [(s.name, why) for s in self.spec.stages if (why := s.pass_cls.runs_code(s.config))]
+
+    def _check_trust(self) -> None:
+        """Refuses to run a spec that names code to run, unless the user said they trust it."""
+        stages = self.code_stages()
+        if stages and not self.trust_code:
+            name, why = stages[0]
+            more = f" (and {len(stages) - 1} more stage(s))" if len(stages) > 1 else ""
+            raise ConvertError(f"stage {name!r} runs code named by the spec: {why}{more}.",
+                               hint="read the spec, and if you trust it run with --trust-code "
+                               "(or CONVERT_TRUST_CODE=1).")
 
     # -- keys ---------------------------------------------------------------------------------
     def _file_digests(self, stage: Stage) -> tuple[dict[str, list[str]], dict[str, list[dict[str, str]]]]:
@@ -198,6 +213,7 @@ class Manager:
             ConvertError: A stage failed; the message names it and the stages before it.
             GateFailed: An accuracy gate failed (after publishing).
         """
+        self._check_trust()
         force = force or set()
         for name in force - {"*"}:
             self.spec.stage(name)  # raises for an unknown name

@@ -80,6 +80,10 @@ class Load(Pass):
     requires = ()
 
     @classmethod
+    def runs_code(cls, config: LoadConfig) -> str | None:
+        return f"source: python imports the factory {config.factory!r}" if config.source == "python" else None
+
+    @classmethod
     def output_kind(cls, config: LoadConfig) -> str:
         return "onnx" if config.source == "onnx" else "torch"
 

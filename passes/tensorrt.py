@@ -393,6 +393,10 @@ class TensorRT(Pass):
     tools = ("tensorrt",)
     requires = ("tensorrt",)
 
+    @classmethod
+    def runs_code(cls, config) -> str | None:
+        return f"loads plugin libraries {[str(p) for p in config.plugins]}" if config.plugins else None
+
     def run(self, inputs, out, ctx) -> PassResult:
         import tensorrt as trt
 

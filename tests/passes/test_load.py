@@ -89,7 +89,7 @@ def test_changing_weights_content_at_same_path_reruns_load_and_after(tmp_path, m
     """))
 
     def run():
-        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False).run()
+        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False, trust_code=True).run()
         return [s.status for s in rep.stages], rep
 
     assert run()[0] == ["ran", "ran"]
@@ -102,3 +102,21 @@ def test_changing_weights_content_at_same_path_reruns_load_and_after(tmp_path, m
     m = make()
     m.load_state_dict({k: v * 2 for k, v in make().state_dict().items()})
     np.testing.assert_allclose(sess_out, m(torch.ones(1, 3, 32, 32)).detach().numpy(), atol=1e-4)
+
+
+def test_a_python_factory_runs_only_with_trust_code(tmp_path, cli):
+    """A shared spec must not run code: `os:system` is refused before anything is imported or called."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "s.yaml").write_text(textwrap.dedent(f"""
+        stages:
+          load: {{with: {{source: python, factory: "os:system", kwargs: {{command: "touch {marker}"}}}}}}
+    """))
+    code, out, err = cli("validate", "s.yaml")
+    assert code == 0 and "load: needs --trust-code (source: python imports the factory 'os:system')" in out
+    code, out, err = cli("plan", "s.yaml")
+    assert code == 0 and "needs --trust-code" in out
+    code, out, err = cli("run", "s.yaml", "--no-progress")
+    assert code == 2 and not marker.exists()
+    assert "stage 'load' runs code named by the spec" in err and "--trust-code" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "artifacts").exists()

