@@ -123,7 +123,8 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
     def score(path: Path, label: str) -> dict[str, Any]:
         bar = (lambda it, **kw: ctx.bar(it, **{**kw, "desc": f"auto: {label}"})) if ctx else None
         figures = evaluate_model(OrtRunner(path, threads), dataset, meta, bar=bar)
-        return {"metrics": {k: figures[k] for k in METRICS if k in figures}, "seconds": figures["seconds"]}
+        # timings stay out: table.json must be byte-identical across rebuilds
+        return {"metrics": {k: figures[k] for k in METRICS if k in figures}}
 
     reference = score(model_file, "fp32")
     float_model = onnx.load(str(model_file))  # quantize_model only reads it (and names unnamed nodes, once)

@@ -142,6 +142,9 @@ class Pass:
     """Distributions whose versions shape the output (part of the cache key)."""
     requires: ClassVar[tuple[str, ...]] = ()
     """Importable modules the pass needs; a missing one makes the stage fail, or skip if optional."""
+    machine_dependent: ClassVar[bool] = False
+    """The output depends on the machine (timings, engines built for its GPU): the machine's identity
+    joins the key, and ``--frozen`` checks the key but not the bytes."""
 
     def __init__(self, config: PassConfig):
         self.config = config

@@ -75,12 +75,13 @@ def cmd_plan(args) -> int:
     spec = _load(args)
     plan = _manager(args, spec).plan(force=set(args.force or []))
     if args.json:
-        print(json.dumps([{"stage": r.name, "pass": r.pass_name, "status": r.status, "key": r.key}
-                          for r in plan], indent=1))
+        print(json.dumps([{"stage": r.name, "pass": r.pass_name, "status": r.status, "key": r.key,
+                           "reason": r.reason} for r in plan], indent=1))
         return 0
     for r in plan:
-        state = "cached" if r.status == "cached" else "will run"
-        print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]}")
+        state = {"cached": "cached", "skipped": "skipped"}.get(r.status, "will run")
+        why = f"  ({r.reason})" if r.reason and r.status == "skipped" or "will fail" in (r.reason or "") else ""
+        print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]:<12}{why}")
     for name, why in _manager(args, spec).code_stages():
         print(f"{name}: needs --trust-code ({why})")
     return 0

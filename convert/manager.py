@@ -48,8 +48,34 @@ def tool_versions(tools: tuple[str, ...]) -> dict[str, str | None]:
     return out
 
 
+def machine_identity() -> dict[str, Any]:
+    """What a machine-dependent output (a latency figure, a TensorRT engine) depends on: the CPU
+    model and count, the architecture and OS, and the GPUs ``nvidia-smi`` lists (name, compute
+    capability, driver), so a shared store never hands one machine's result to another."""
+    import shutil
+    import subprocess
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus: list[str] = []
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.TimeoutExpired):
+            gpus = ["unknown"]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "arch": platform.machine(), "system": platform.system(),
+            "gpus": gpus}
+
+
 def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests: dict[str, list[str]],
-                 tools: dict[str, str | None], referenced: str | None = None) -> dict[str, Any]:
+                 tools: dict[str, str | None], referenced: str | None = None,
+                 machine: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a stage's cache key is the hash of (see the module docstring).
 
     ``referenced`` is the digest of the files the pass reads through its config
@@ -67,6 +93,8 @@ def key_material(stage: Stage, input_digests: dict[str, list[str]], file_digests
                 "config": config, "inputs": input_digests, "tools": tools}
     if referenced is not None:
         material["referenced"] = referenced
+    if machine is not None:
+        material["machine"] = machine
     return material
 
 
@@ -178,27 +206,57 @@ class Manager:
         input_digests = {role: [done[n].digest for n in names] for role, names in stage.inputs.items()}
         file_digests, file_records = self._file_digests(stage)
         tools = tool_versions(stage.pass_cls.tools)
-        key = sha256_json(key_material(stage, input_digests, file_digests, tools, self._referenced(stage)))
+        machine = machine_identity() if stage.pass_cls.machine_dependent else None
+        key = sha256_json(key_material(stage, input_digests, file_digests, tools, self._referenced(stage), machine))
         return StageRecord(stage.name, stage.pass_name, "pending", key=key, inputs=stage.inputs,
                            input_digests=input_digests, files=file_records, tools=tools)
 
     # -- plan ---------------------------------------------------------------------------------
     def plan(self, force: set[str] = frozenset()) -> list[StageRecord]:
-        """Says which stages are cached and which would run, without running anything."""
+        """Says which stages are cached, which would run and which would be skipped, without running
+        anything; skips follow the same rules as :meth:`run` (skipped inputs, missing optional backends)."""
         done: dict[str, StageRecord] = {}
         out = []
         for stage in self.spec.stages:
-            if any(done[n].digest is None for names in stage.inputs.values() for n in names):
+            skip = self._skipped_input(stage, done)
+            if skip is not None:
+                rec = skip
+            elif any(done[n].digest is None for names in self._bound(stage, done).values() for n in names):
                 rec = StageRecord(stage.name, stage.pass_name, "pending", inputs=stage.inputs,
                                   reason="an input will be rebuilt")
             else:
-                rec = self._key(stage, done)
+                rec = self._key(dataclasses.replace(stage, inputs=self._bound(stage, done)), done)
                 entry = None if stage.name in force else self.store.lookup(rec.key)
                 if entry:
                     rec.status, rec.digest = "cached", entry["digest"]
+            missing = self._missing_module(stage) if rec.status == "pending" else None
+            if missing and stage.optional:
+                rec.status, rec.reason = "skipped", f"{missing} is not installed (optional stage)"
+            elif missing:
+                rec.reason = f"will fail: needs {missing}, which is not installed"
             done[stage.name] = rec
             out.append(rec)
         return out
+
+    @staticmethod
+    def _bound(stage: Stage, done: dict[str, StageRecord]) -> dict[str, list[str]]:
+        """The stage's inputs without skipped stages (a `many` role just loses them)."""
+        return {role: [n for n in names if done[n].status != "skipped"] for role, names in stage.inputs.items()}
+
+    def _skipped_input(self, stage: Stage, done: dict[str, StageRecord]) -> StageRecord | None:
+        """A skipped record if a role is left empty by skipped inputs (a single-artifact role whose
+        stage was skipped, or a `many` role all of whose stages were), else None."""
+        bound = self._bound(stage, done)
+        for role, names in stage.inputs.items():
+            if not bound[role]:
+                return StageRecord(stage.name, stage.pass_name, "skipped", inputs=stage.inputs,
+                                   reason=f"its input stage {names[0]!r} was skipped")
+        return None
+
+    @staticmethod
+    def _missing_module(stage: Stage) -> str | None:
+        """The first module the pass requires that is not installed, or None."""
+        return next((m for m in stage.pass_cls.requires if importlib.util.find_spec(m) is None), None)
 
     # -- run ----------------------------------------------------------------------------------
     def run(self, force: set[str] | None = None, until: str | None = None, frozen: bool = False) -> RunReport:
@@ -250,27 +308,24 @@ class Manager:
         return report
 
     def _run_stage(self, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
-        # A `many` role just loses its skipped members (a report without the TensorRT engine); a role
-        # left empty, or a single-artifact role whose stage was skipped, skips this stage too.
-        bound = {role: [n for n in names if done[n].status != "skipped"] for role, names in stage.inputs.items()}
-        for role, names in stage.inputs.items():
-            if not bound[role]:
-                return StageRecord(stage.name, stage.pass_name, "skipped", inputs=stage.inputs,
-                                   reason=f"its input stage {names[0]!r} was skipped")
-        stage = dataclasses.replace(stage, inputs=bound)
+        # A `many` role just loses its skipped members (a report without the TensorRT engine).
+        skip = self._skipped_input(stage, done)
+        if skip is not None:
+            return skip
+        stage = dataclasses.replace(stage, inputs=self._bound(stage, done))
         t0 = time.perf_counter()
         rec = self._key(stage, done)
         entry = None if forced else self.store.lookup(rec.key)
         if entry is None:
-            missing = [m for m in stage.pass_cls.requires if importlib.util.find_spec(m) is None]
+            missing = self._missing_module(stage)
             if missing:
                 msg = (f"stage {stage.name!r} (pass {stage.pass_name}) needs the Python module "
-                       f"{missing[0]!r}, which is not installed")
+                       f"{missing!r}, which is not installed")
                 if stage.optional:
-                    rec.status, rec.reason = "skipped", f"{missing[0]} is not installed (optional stage)"
+                    rec.status, rec.reason = "skipped", f"{missing} is not installed (optional stage)"
                     return rec
                 raise BackendMissing(msg + ".", hint=f"install it (see README: extras), or mark the stage "
-                                     f"`optional: true` in the spec to skip it where {missing[0]} is missing.")
+                                     f"`optional: true` in the spec to skip it where {missing} is missing.")
             with self.store.lock(rec.key):
                 entry = None if forced else self.store.lookup(rec.key)  # another run may have built it
                 if entry is None:
@@ -357,7 +412,11 @@ class Manager:
             raise ConvertError(f"--frozen: stage {rec.name!r} is not in {path}.",
                                hint="the spec changed; re-run without --frozen and commit the lockfile.")
         got = rec.lock_entry()
-        for field_ in ("key", "output", "skipped"):
+        # A machine-dependent output (timings, engines) differs by nature: its key, which holds the
+        # machine's identity, is checked, its bytes are not.
+        fields = ("key", "skipped") if self.spec.stage(rec.name).pass_cls.machine_dependent else \
+            ("key", "output", "skipped")
+        for field_ in fields:
             if want.get(field_) != got.get(field_):
                 what = {"key": "its inputs or parameters changed",
                         "output": "the rebuilt output differs (not reproducible)",

@@ -48,6 +48,7 @@ class Benchmark(Pass):
     output = "metrics"
     tools = ("onnxruntime", "openvino", "tensorrt", "torch")
     requires = ()
+    machine_dependent = True
 
     def run(self, inputs, out, ctx) -> PassResult:
         from convert.runtime import BACKENDS, cpu_info, load_runner, model_info

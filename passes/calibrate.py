@@ -185,7 +185,7 @@ class Calibrate(Pass):
     """Measure activation ranges (minmax, entropy, percentile, mse) of a float ONNX body on calibration images."""
 
     name = "calibrate"
-    version = 1
+    version = 2
     Config = CalibrateConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body (truncated head)")}
     output = "calib_table"

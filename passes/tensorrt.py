@@ -392,6 +392,7 @@ class TensorRT(Pass):
     output = "tensorrt"
     tools = ("tensorrt",)
     requires = ("tensorrt",)
+    machine_dependent = True
 
     @classmethod
     def runs_code(cls, config) -> str | None:

@@ -200,3 +200,45 @@ def test_two_runs_at_once_build_each_stage_once(tmp_path):
     ran = sorted(r["stages"][0]["status"] for r in results)
     assert ran == ["cached", "ran"]
     assert results[0]["version"] == results[1]["version"]
+
+
+def test_machine_dependent_stage_is_keyed_by_the_machine_and_frozen_checks_only_its_key(tmp_path, monkeypatch):
+    import convert.manager as manager
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write}, c: {pass: toy_clock}}")
+    machine = {"cpu": "A", "cpus": 2, "arch": "x86_64", "system": "Linux", "gpus": []}
+    monkeypatch.setattr(manager, "machine_identity", lambda: dict(machine))
+
+    def run(store, **kw):
+        return Manager(load_spec("s.yaml"), Store(tmp_path / store), tmp_path / "a", progress=False).run(**kw)
+
+    first = run("s1")
+    # a fresh store rebuilds the clock's output with other bytes: --frozen accepts it (same machine, same key)
+    again = run("s2", frozen=True)
+    assert statuses(again) == {"w": "ran", "c": "ran"}
+    assert first.stages[1].key == again.stages[1].key and first.stages[1].digest != again.stages[1].digest
+    assert first.stages[0].digest == again.stages[0].digest
+    # another machine: the machine-dependent stage's key changes, the other one's does not
+    machine["cpu"] = "B"
+    plan = Manager(load_spec("s.yaml"), Store(tmp_path / "s1"), tmp_path / "a").plan()
+    assert [r.status for r in plan] == ["cached", "pending"]
+    with pytest.raises(ConvertError, match=r"stage 'c' does not match .*its inputs or parameters changed"):
+        run("s3", frozen=True)
+
+
+def test_plan_skips_what_run_skips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        stages:
+          w: {pass: toy_write}
+          m: {pass: toy_missing, optional: true}
+          after: {pass: toy_upper, inputs: {model: m}}
+          j: {pass: toy_join, inputs: {parts: [w, m]}}
+    """))
+    mgr = Manager(load_spec("s.yaml"), Store(tmp_path / "store"), tmp_path / "a", progress=False)
+    planned = [(r.name, r.status) for r in mgr.plan()]
+    ran = [(r.name, r.status) for r in mgr.run().stages]
+    assert planned == [("w", "pending"), ("m", "skipped"), ("after", "skipped"), ("j", "pending")]
+    assert ran == [("w", "ran"), ("m", "skipped"), ("after", "skipped"), ("j", "ran")]
+    assert [r.status for r in mgr.plan()] == ["cached", "skipped", "skipped", "cached"]

@@ -100,3 +100,18 @@ class Nested(Pass):
         c = self.config.sub
         (out / "out.txt").write_text(c.text + (c.src.read_text() if c.src else ""))
         return PassResult("text", "out.txt", {})
+
+
+@register_pass
+class Clock(Pass):
+    """Writes the wall-clock time: an output that differs on every build, like a benchmark's."""
+
+    name = "toy_clock"
+    Config = UpperConfig
+    inputs = {"model": Input(("text",))}
+    output = "text"
+    machine_dependent = True
+
+    def run(self, inputs, out, ctx):
+        (out / "out.txt").write_text(repr(time.time()))
+        return PassResult("text", "out.txt", {})
