@@ -25,6 +25,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -186,13 +187,19 @@ def yolo_dataset(paths: list[Path], names: list[str], nk: int = 0, labels_root: 
     nc = len(names)
     gt_images, anns = [], []
     entries = []
+    labelled = 0
+    first_label = None
     for image_id, path in enumerate(paths, 1):
         w, h = _exif_size(path)
         entries.append(ImageEntry(path, image_id))
         gt_images.append({"id": image_id, "file_name": path.name, "width": w, "height": h})
         label = yolo_label_path(path, images_root, labels_root)
+        first_label = first_label or label
+        if label.exists() and not label.is_file():
+            raise ConvertError(f"label path {label} is not a regular file.", hint="YOLO labels are .txt files.")
         if not label.is_file():
-            continue
+            continue  # an image without a label file is a background image, as in YOLO training
+        labelled += 1
         for line_no, line in enumerate(label.read_text().splitlines(), 1):
             if not line.strip():
                 continue
@@ -202,6 +209,11 @@ def yolo_dataset(paths: list[Path], names: list[str], nk: int = 0, labels_root: 
             except ValueError:
                 raise ConvertError(f"{where}: not a row of numbers: {line.strip()[:60]!r}.") from None
             anns.append(_yolo_annotation(row, w, h, nc, nk, where, image_id, len(anns) + 1))
+    if not labelled:
+        # Without this, an unlabelled folder scores mAP 0 and a max_drop gate between two of them passes.
+        raise ConvertError(f"none of the {len(paths)} images has a YOLO label file (looked for e.g. {first_label}).",
+                           hint="put labels in labels/ mirroring images/ (YOLO layout), give `labels`, or use a "
+                           "COCO annotation file.")
     gt = {"images": gt_images, "annotations": anns,
           "categories": [_category(i, n, nk) for i, n in enumerate(names)]}
     return Dataset(entries, gt, list(names), list(range(nc)), nk,
@@ -233,6 +245,12 @@ def _yolo_annotation(row: list[float], w: int, h: int, nc: int, nk: int, where: 
                      ann_id: int) -> dict[str, Any]:
     if len(row) < 5:
         raise ConvertError(f"{where}: a YOLO label row needs at least 5 values (class cx cy w h), found {len(row)}.")
+    if not all(math.isfinite(v) for v in row):
+        raise ConvertError(f"{where}: non-finite value in a label row.", hint="fix or remove the row.")
+    eps = 1e-3  # rounding in label files written with few decimals
+    if not (all(-eps <= v <= 1 + eps for v in row[1:5]) and row[3] > 0 and row[4] > 0):
+        raise ConvertError(f"{where}: box {row[1:5]} is not normalised (cx cy w h in 0..1, w and h > 0).",
+                           hint="YOLO labels hold coordinates divided by the image width and height.")
     cls = int(row[0])
     if cls != row[0] or not 0 <= cls < nc:
         raise ConvertError(f"{where}: class {row[0]:g} is not one of the model's {nc} classes (0..{nc - 1}).",
@@ -318,8 +336,12 @@ def load_dataset(images: str | Path, names: list[str], labels: str | Path | None
         ds = load_coco(annotations, images, names, max_images)
         if nk and ds.nk != nk:
             raise ConvertError(f"the model predicts {nk} keypoints but {annotations} has {ds.nk}.")
-        return ds
-    return load_yolo(images, names, labels, nk, max_images)
+    else:
+        ds = load_yolo(images, names, labels, nk, max_images)
+    if not ds.gt["annotations"]:
+        raise ConvertError(f"the {len(ds)} evaluation images ({ds.source}) hold no labelled object: every "
+                           "figure would be 0.", hint="evaluate on labelled images.")
+    return ds
 
 
 # --- predictions -----------------------------------------------------------------------------
@@ -532,6 +554,9 @@ def evaluate_model(runner, dataset: Dataset, meta: dict[str, Any], conf: float =
     Returns:
         :func:`evaluate_detections`' figures plus ``images`` and ``seconds``.
     """
+    if not dataset.gt["annotations"]:
+        raise ConvertError(f"the {len(dataset)} evaluation images ({dataset.source}) hold no labelled object: every "
+                           "figure would be 0.", hint="evaluate on labelled images.")
     t0 = time.perf_counter()
     with runner:
         detections = predict(runner, dataset, meta, conf, iou, max_det, bar)

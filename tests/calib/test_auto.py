@@ -30,7 +30,7 @@ SIZE = 32
 CELL = 8
 META = {"precision": "fp32", "truncated": True, "names": ["square"],
         "preprocess": {"size": [SIZE, SIZE], "resize": "letterbox", "pad_value": 114},
-        "head": {"type": "yolov5", "nc": 1, "nk": 0, "na": 1, "strides": [CELL], "anchors": [[CELL, CELL]],
+        "head": {"type": "yolov5", "nc": 1, "nk": 0, "na": 1, "strides": [CELL], "anchors": [[[CELL, CELL]]],
                  "outputs": ["p3"]}}
 
 
@@ -148,7 +148,7 @@ def test_holdout_without_labels_is_refused(tmp_path):
     for f in (tmp_path / "ds" / "labels").iterdir():
         f.unlink()
     source = resolve_source(tmp_path / "ds")
-    with pytest.raises(ConvertError, match="have no labels"):
+    with pytest.raises(ConvertError, match="none of the 3 images has a YOLO label file"):
         holdout_dataset(source, set(), ["square"], 0, 10, 0)
 
 

@@ -113,6 +113,8 @@ def test_exif_rotation_swaps_image_size(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90: load_image returns a 40 x 100 (w x h) image
     Image.new("RGB", (100, 40)).save(tmp_path / "images" / "r.jpg", exif=exif)
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "r.txt").write_text("0 0.5 0.5 0.2 0.2\n")
     ds = load_yolo(tmp_path, ["cat"])
     assert (ds.gt["images"][0]["width"], ds.gt["images"][0]["height"]) == (40, 100)
 

@@ -96,7 +96,9 @@ def test_ground_truth_through_an_end_to_end_model_scores_one(tmp_path):
     _, res, rec = run(tmp_path, "ev", EvaluateConfig(data=data), model=model)
     assert rec["metrics"] == {"mAP50-95": pytest.approx(1.0), "mAP50": pytest.approx(1.0),
                               "kpt_mAP50-95": pytest.approx(1.0), "kpt_mAP50": pytest.approx(1.0)}
+    assert res.summary.pop("eval_seconds") > 0  # timings go to the summary (the manifest), not metrics.json
     assert res.summary == {"mAP50-95": 1.0, "mAP50": 1.0, "kpt_mAP50-95": 1.0, "kpt_mAP50": 1.0, "images": 1}
+    assert "seconds" not in rec
     assert [c["class"] for c in rec["per_class"]] == NAMES and rec["kpt_per_class"][0]["instances"] == 1
     assert rec["label"] == "onnx/fp32@onnxruntime" and rec["settings"]["end2end"] is True
     assert rec["dataset"]["images"] == 1 and rec["dataset"]["instances"] == 2 and res.gate_failures == []
@@ -208,3 +210,29 @@ def test_labels_found_by_convention_join_the_cache_key(tmp_path):
     # Evaluating ds/images reads ds/labels, outside the keyed `data` folder: the pass names it.
     assert Evaluate.key_files(EvaluateConfig(data=data / "images")) == [data / "labels" / "a.txt"]
     assert Evaluate.key_files(EvaluateConfig(data=data / "images", labels=data / "labels")) == []
+
+
+@pytest.mark.parametrize("labels,match", [
+    (None, "none of the .* images has a YOLO label file"),
+    ("", "hold no labelled object"),
+    ("0 nan 0.5 0.2 0.2", "non-finite value"),
+    ("0 0.5 0.5 1.7 0.2", "is not normalised"),
+    ("0 0.5 0.5 0 0.2", "is not normalised"),
+    ("dir", "is not a regular file"),
+])
+def test_evaluation_without_usable_labels_fails_instead_of_scoring_zero(tmp_path, labels, match):
+    """An unlabelled folder used to score mAP 0 with exit 0, so a max_drop gate between two of them passed."""
+    data = write_dataset(tmp_path / "ds")
+    for f in sorted((data / "labels").rglob("*.txt")):
+        if labels is None:
+            f.unlink()
+        elif labels == "dir":
+            f.unlink()
+            f.mkdir()
+            break
+        else:
+            f.write_text(labels + "\n" if labels else "")
+    model = artifact(tmp_path, "perfect", ground_truth_in_network_pixels())
+    with pytest.raises(ConvertError, match=match) as e:
+        run(tmp_path, "ev", EvaluateConfig(data=data), model=model)
+    assert "\n" not in str(e.value)
