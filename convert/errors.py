@@ -19,6 +19,7 @@ class ConvertError(Exception):
     exit_code = 2
 
     def __init__(self, message: str, hint: str | None = None):
+        message, hint = _one_line(message), _one_line(hint) if hint else hint
         super().__init__(message)
         self.message = message
         self.hint = hint
@@ -37,3 +38,10 @@ class PassError(ConvertError):
 
 class BackendMissing(ConvertError):
     """A pass needs a backend library that is not installed."""
+
+
+def _one_line(text: str, limit: int = 600) -> str:
+    """``text`` on one line (library messages quoted into ours often span several), at most ``limit``
+    characters (a 5000-character value quoted back would bury the message)."""
+    line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return line if len(line) <= limit else line[:limit - 1] + "…"

@@ -442,7 +442,9 @@ class Manager:
                 manifest = {
                     "spec": self.spec.name, "version": report.version, "spec_file": str(self.spec.path),
                     "stage_order": [s.name for s in report.stages],
-                    "resolved_spec": self.spec.resolved,
+                    "spec_written": self.spec.public.get("written"),
+                    "overrides": self.spec.public.get("overrides", []),
+                    "stage_configs": self.spec.public.get("stages", {}),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
                              "python": sys.version.split()[0], "cpus": os.cpu_count()},

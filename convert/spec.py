@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,9 @@ class Spec:
     resolved: dict[str, Any]
     store: Path | None = None
     artifacts: Path | None = None
+    public: dict[str, Any] = field(default_factory=dict)
+    """What a manifest may record: the spec file as written, the overrides, each stage's parameters
+    resolved with environment values left as their ``${oc.env:...}`` interpolation."""
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -73,21 +77,95 @@ class Spec:
         raise SpecError(f"{self.path}: no stage named {name!r} (stages: {', '.join(s.name for s in self.stages)}).")
 
 
+MAX_SPEC_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_ALIASES = 100
+MAX_NODES = 100_000
+MAX_PATH = 4096
+STAGE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+"""Stage and spec names: one folder name under artifacts/, never a path, a dot file or a file of a version."""
+
+
+def _loader(path: Path):
+    """A safe YAML loader that refuses what a spec never needs and a hostile one would use: duplicate
+    keys (the last one silently winning), deep nesting, and alias expansion (a billion-laughs file)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_ALIASES:
+                    raise SpecError(f"{path}: more than {MAX_ALIASES} YAML aliases.",
+                                    hint="write the values out; a spec needs no aliases (use ${...} interpolation).")
+            self._depth = getattr(self, "_depth", 0) + 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise SpecError(f"{path}:{mark.line + 1}: nested deeper than {MAX_DEPTH} levels.",
+                                    hint="a spec is a few levels deep; check the indentation.")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def get_single_node(self):
+            node = super().get_single_node()
+            sizes: dict[int, int] = {}
+
+            def size(n) -> int:  # nodes after alias expansion, each shared node counted once per use
+                if id(n) not in sizes:
+                    sizes[id(n)] = 1  # a cycle counts once instead of recursing forever
+                    kids = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                        n.value if isinstance(n, yaml.SequenceNode) else []
+                    sizes[id(n)] = 1 + sum(size(c) for c in kids)
+                return sizes[id(n)]
+
+            if node is not None and size(node) > MAX_NODES:
+                raise SpecError(f"{path}: expands to more than {MAX_NODES} values (YAML aliases).",
+                                hint="write the values out; a spec needs no aliases (use ${...} interpolation).")
+            return node
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise SpecError(f"{path}:{key_node.start_mark.line + 1}: key {key!r} is not a string.",
+                                    hint="quote it (stage names and keys are strings).")
+                if key in seen:
+                    raise SpecError(f"{path}:{key_node.start_mark.line + 1}: duplicate key {key!r}.",
+                                    hint="remove one of them (YAML would silently keep the last).")
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return Loader
+
+
 def _read_yaml(path: Path):
     """Reads one YAML file into a DictConfig, with a one-line error on any problem."""
     import yaml
     from omegaconf import OmegaConf
 
-    if not path.is_file():
-        raise SpecError(f"spec file {path} not found.", hint="check the path (relative to the current directory).")
+    if len(str(path)) > MAX_PATH:
+        raise SpecError(f"spec path of {len(str(path))} characters is too long.")
     try:
-        data = yaml.safe_load(path.read_text())
+        if not path.is_file():
+            raise SpecError(f"spec file {path} not found.", hint="check the path (relative to the current directory).")
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {path.stat().st_size} bytes; a spec is at most {MAX_SPEC_BYTES} bytes.")
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"spec file {path} cannot be read: {e.strerror or e}.") from None
+    try:
+        data = yaml.load(text, Loader=_loader(path))  # noqa: S506 (a SafeLoader subclass)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise SpecError(f"{where}: malformed YAML: {e.problem or e.context}.") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: malformed YAML: {e}.") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
+        raise SpecError(f"{path}: malformed YAML: {str(e).splitlines()[0] if str(e) else type(e).__name__}.") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -108,10 +186,16 @@ def _load_layers(path: Path, stack: tuple[Path, ...] = ()) -> list[tuple[str, An
     layers: list[tuple[str, Any]] = []
     bases = cfg.pop("_base_", None) if "_base_" in cfg else None
     if bases is not None:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(bases, (ListConfig, DictConfig)):
+            bases = OmegaConf.to_container(bases, resolve=False)  # iterating would resolve ${...}
         if isinstance(bases, str):
             bases = [bases]
-        if not all(isinstance(b, str) for b in bases):
-            raise SpecError(f"{path}: _base_: expected a list of file paths, found {bases!r}.")
+        if not isinstance(bases, list) or not all(isinstance(b, str) and b and "${" not in b
+                                                                  for b in bases):
+            raise SpecError(f"{path}: _base_: expected a list of file paths (no interpolation), found "
+                            f"{str(bases)[:80]!r}.")
         for b in bases:
             base_path = path.parent / b
             if not base_path.is_file():
@@ -162,6 +246,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     from omegaconf.errors import OmegaConfBaseException
 
     path = Path(path)
+    if path.suffix == ".lock":
+        raise SpecError(f"{path}: a spec file cannot end in .lock: its lockfile would replace it.",
+                        hint="rename it to .yaml.")
     layers = _load_layers(path)
     if overrides:
         bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
@@ -169,8 +256,14 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             raise SpecError(f"command line: override {bad[0]!r} is not of the form key.path=value.",
                             hint="e.g. model.weights=weights/yolov5n.pt or stages.export.with.opset=13")
         try:
-            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+            base = OmegaConf.merge(*[c for _, c in layers])
         except OmegaConfBaseException as e:
+            raise SpecError(f"{layers[-1][0]}: cannot merge: {str(e).splitlines()[0]}") from None
+        for o in overrides:
+            _check_override_key(o.split("=", 1)[0].strip(), base)
+        try:
+            layers.append(("command line", OmegaConf.from_dotlist(list(overrides))))
+        except (OmegaConfBaseException, ValueError, IndexError) as e:
             raise SpecError(f"command line: bad override: {e}".splitlines()[0]) from None
     layers = [(_display(s) if s != "command line" else s, c) for s, c in layers]
     try:
@@ -185,6 +278,7 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             register("spec_dir", lambda: _SPEC_DIR[-1])
         _SPEC_DIR.append(spec_dir)
         resolved = OmegaConf.to_container(merged, resolve=True)
+        public = _resolve_without_env(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", "") or ""
         msg = str(e).splitlines()[0]
@@ -195,10 +289,67 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         if _SPEC_DIR and _SPEC_DIR[-1] == spec_dir:
             _SPEC_DIR.pop()
 
-    return _validate(resolved, layers, path)
+    spec = _validate(resolved, layers, path)
+    written = OmegaConf.to_container(layers[-1 - bool(overrides)][1], resolve=False)
+    stages = public.get("stages") if isinstance(public.get("stages"), dict) else {}
+    spec.public = {"written": written, "overrides": list(overrides),
+                   "stages": {s.name: (stages.get(s.name) or {}).get("with") or {} for s in spec.stages}}
+    return spec
 
 
 _SPEC_DIR: list[str] = []
+
+
+def _resolve_without_env(merged) -> dict[str, Any]:
+    """The spec resolved with every ``${oc.env:...}`` left as written: what may be published. Values
+    of the environment (tokens, home folders) never reach a manifest; bases' values reach it only
+    through the stages that use them."""
+    from omegaconf import OmegaConf
+    from omegaconf.basecontainer import BaseContainer
+
+    resolvers = BaseContainer._resolvers  # no public API to swap a resolver for one call
+    import warnings
+
+    original = resolvers.get("oc.env")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # some omegaconf releases deprecate the name, none the call
+        OmegaConf.register_new_resolver("oc.env", lambda *args, **kw: "${oc.env:" + str(args[0] if args else "")
+                                        + "}", replace=True)
+    try:
+        return OmegaConf.to_container(merged, resolve=True)
+    finally:
+        if original is not None:
+            resolvers["oc.env"] = original
+
+
+def _check_override_key(key: str, base) -> None:
+    """An override must name a key the spec has, except under ``stages`` (a stage's parameters and
+    inputs, validated by the pass schema next), so a misspelt ``modle.weights=...`` is not ignored."""
+    from omegaconf import OmegaConf
+
+    if not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+        raise SpecError(f"command line: override key {key!r} is not a dotted key path.",
+                        hint="e.g. model.weights=PATH or stages.export_onnx.with.opset=13")
+    if key.split(".")[0] in ("stages", "name", "store", "artifacts", "description"):
+        return
+    try:
+        present = OmegaConf.select(base, key, default=_MISSING, throw_on_missing=False) is not _MISSING
+    except Exception:
+        present = False
+    if not present:
+        flat = [k for k in _flat_keys(OmegaConf.to_container(base, resolve=False)) if not k.startswith("stages.")]
+        close = difflib.get_close_matches(key, flat, n=1)
+        raise SpecError(f"command line: override {key!r} names no key of the spec.",
+                        hint=(f"did you mean {close[0]!r}? " if close else "") + "keys: " + ", ".join(flat[:12]) + ".")
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return [prefix] if prefix else []
+    out = [prefix] if prefix else []
+    for k, v in node.items():
+        out += _flat_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    return out
 
 
 def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
@@ -208,8 +359,9 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
         raise SpecError(f"{_origin(layers, keypath)}: {keypath}: {message}", hint=hint)
 
     name = resolved.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
-        fail("name", f"expected a plain name (no '/'), found {name!r}.")
+    if not isinstance(name, str) or not STAGE_NAME.fullmatch(name):
+        fail("name", f"expected a plain name (letters, digits, _ and -, at most 64), found {str(name)[:80]!r}.",
+             hint="it names the folder under artifacts/.")
     stages_raw = resolved.get("stages")
     if not isinstance(stages_raw, dict) or not stages_raw:
         fail("stages", f"expected a non-empty mapping of stage name -> stage, found {stages_raw!r}.",
@@ -219,6 +371,9 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
     outputs: dict[str, str] = {}  # stage name -> artifact kind it produces
     for sname, raw in stages_raw.items():
         kp = f"stages.{sname}"
+        if not isinstance(sname, str) or not STAGE_NAME.fullmatch(sname):
+            fail("stages", f"stage name {str(sname)[:80]!r} is not a plain name (a letter or _, then letters, "
+                 "digits, _ and -, at most 64 characters).", hint="it names the stage's folder in a published version.")
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -259,8 +414,19 @@ def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassCo
 
     if not isinstance(params, dict):
         fail(kp, f"expected a mapping of parameters, found {params!r}.")
+    for fname, finfo in pass_cls.Config.model_fields.items():
+        value = params.get(fname)
+        if not (isinstance(value, str) and _has_input_file(finfo.annotation, finfo.metadata)):
+            continue
+        if value == "":
+            fail(f"{kp}.{fname}", "empty path (it would mean the current folder).",
+                 hint="give a path, or null for the default.")
+        if len(value) > MAX_PATH or any(len(part) > 255 for part in Path(value).parts):
+            fail(f"{kp}.{fname}", f"path of {len(value)} characters is too long.")
     try:
         return pass_cls.Config.model_validate(params)
+    except OSError as e:  # a validator that looks at the files (calibration sources) met an unreadable path
+        fail(kp, f"a path cannot be read: {e.strerror or e} ({str(e.filename or '')[:80]!r}).")
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
@@ -289,6 +455,8 @@ def _bind_inputs(pass_cls, raw, kp, stages, outputs, fail) -> dict[str, list[str
             fail(f"{kp}.inputs.{role}", f"pass {pass_cls.name!r} has no input {role!r} "
                  f"(inputs: {', '.join(roles) or 'none'}).")
         names = src if isinstance(src, list) else [src]
+        if not names or not all(isinstance(n, str) for n in names):
+            fail(f"{kp}.inputs.{role}", f"expected a stage name or a list of stage names, found {str(src)[:80]!r}.")
         if not roles[role].many and len(names) != 1:
             fail(f"{kp}.inputs.{role}", f"takes one stage name, found {src!r}.")
         for n in names:
@@ -342,10 +510,26 @@ def _has_input_file(annotation, metadata=()) -> bool:
     return any(_has_input_file(a) for a in typing.get_args(annotation))
 
 
+_SYSTEM_DIRS = ("/proc", "/sys", "/dev", "/run")
+
+
 def _check_files(config: PassConfig, kp: str, fail) -> None:
     for fname, paths in input_files(config).items():
         for p in paths:
-            if not p.exists():
+            text = str(p)
+            if len(text) > MAX_PATH or any(len(part) > 255 for part in p.parts):
+                fail(f"{kp}.{fname}", f"path of {len(text)} characters is too long.")
+            try:
+                exists = p.exists()
+                resolved = p.resolve() if exists else p
+            except (OSError, RuntimeError) as e:
+                fail(f"{kp}.{fname}", f"path {text[:80]!r} cannot be read: {e}.")
+            if exists and (str(resolved) == "/" or any(str(resolved) == d or str(resolved).startswith(d + "/")
+                                                        for d in _SYSTEM_DIRS)):
+                fail(f"{kp}.{fname}", f"{text!r} is a system folder, not data.", hint="point it at your files.")
+            if exists and not (resolved.is_file() or resolved.is_dir()):
+                fail(f"{kp}.{fname}", f"{text!r} is not a regular file or folder (a device, FIFO or socket).")
+            if not exists:
                 fail(f"{kp}.{fname}", f"file {str(p)!r} not found.",
                      hint="paths are relative to the current directory; override on the command line with "
                      f"{kp}.{fname}=PATH or the spec variable it is interpolated from.")

@@ -84,7 +84,7 @@ def test_publish_lockfile_verify(env, tmp_path):
     assert os.readlink(tmp_path / "artifacts" / "spec" / "latest") == report.version
     manifest = json.loads((pub / "manifest.json").read_text())
     assert manifest["stages"]["w"]["files"]["src"][0]["sha256"] == sha256_file(tmp_path / "data.txt")
-    assert manifest["resolved_spec"]["stages"]["u"]["with"]["times"] == 1
+    assert manifest["stage_configs"]["u"]["times"] == 1
     lock = json.loads(lockfile_path(load_spec("spec.yaml")).read_text())
     assert lock["stages"]["v"]["input_digests"]["model"] == [manifest["stages"]["u"]["output"]]
     assert verify_version(pub) == []
@@ -242,3 +242,22 @@ def test_plan_skips_what_run_skips(tmp_path, monkeypatch):
     assert planned == [("w", "pending"), ("m", "skipped"), ("after", "skipped"), ("j", "pending")]
     assert ran == [("w", "ran"), ("m", "skipped"), ("after", "skipped"), ("j", "ran")]
     assert [r.status for r in mgr.plan()] == ["cached", "skipped", "skipped", "cached"]
+
+
+def test_published_files_hold_no_value_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVERT_TEST_SECRET", "s3cr3t-token")
+    (tmp_path / "base.yaml").write_text("unused_secret: ${oc.env:CONVERT_TEST_SECRET}\nliteral: also-secret\n")
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        _base_: [base.yaml]
+        who: ${oc.env:CONVERT_TEST_SECRET}
+        stages:
+          w: {pass: toy_write, with: {text: "${who}"}}
+    """))
+    report = Manager(load_spec("s.yaml"), Store(tmp_path / "store"), tmp_path / "a", progress=False).run()
+    assert (report.published / "w" / "out.txt").read_text() == "s3cr3t-token"  # the stage did get the value
+    manifest = json.loads((report.published / "manifest.json").read_text())
+    assert manifest["stage_configs"]["w"]["text"] == "${oc.env:CONVERT_TEST_SECRET}"
+    assert manifest["spec_written"]["who"] == "${oc.env:CONVERT_TEST_SECRET}"
+    text = (report.published / "manifest.json").read_text() + lockfile_path(load_spec("s.yaml")).read_text()
+    assert "s3cr3t-token" not in text and "also-secret" not in text
