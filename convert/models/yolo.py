@@ -552,3 +552,50 @@ def load_weights(model: YoloModel, state_dict: dict[str, torch.Tensor], source: 
                            hint="check that the arch (and nc) match the checkpoint.")
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+# --- the architecture-module contract (convert.models) --------------------------------------
+
+
+def load(request) -> tuple[YoloModel, dict]:
+    """A YOLOv5-family model for the ``load`` pass (:class:`convert.models.ModelRequest`).
+
+    Without ``arch`` the checkpoint's own architecture is used; with it, ``weights`` is a state
+    dict (or a checkpoint) for that architecture.
+
+    Returns:
+        The model (decoded mode) and its recipe (:func:`from_recipe`).
+    """
+    import warnings
+
+    from convert.models.checkpoint import load_checkpoint, load_state_dict_file
+
+    arch = load_arch(request.arch) if request.arch else None
+    names = list(request.names) if request.names else None
+    nc = request.nc
+    if request.weights is not None and arch is None:
+        ckpt = load_checkpoint(request.weights)
+        if ckpt.model_class.startswith("ultralytics."):
+            raise ConvertError(f"{request.weights} is an ultralytics checkpoint ({ckpt.model_class}), not a YOLOv5 one.",
+                               hint="use source: ultralytics.")
+        arch, state, names = ckpt.arch, ckpt.state_dict, names or ckpt.names
+        nc = nc or ckpt.nc
+    elif request.weights is not None:
+        state = load_state_dict_file(request.weights)
+    else:
+        warnings.warn("load: no weights given; the model is randomly initialised (seed "
+                      f"{request.seed}). Its outputs are meaningless.", stacklevel=1)
+        state = None
+    if names is not None and nc is not None and len(names) != nc:
+        raise ConvertError(f"names: {len(names)} class names for nc={nc}.", hint="give one name per class.")
+    model = build_model(arch, nc=nc, names=names, seed=request.seed)
+    if state is not None:
+        load_weights(model, state, source=str(request.weights))
+    recipe = {"source": "yolov5", "arch": model.arch, "nc": int(model.head.nc), "names": model.names,
+              "seed": request.seed}
+    return model, recipe
+
+
+def from_recipe(recipe: dict) -> YoloModel:
+    """The untrained model a recipe of :func:`load` describes."""
+    return build_model(recipe["arch"], nc=recipe["nc"], names=recipe["names"], seed=recipe.get("seed", 0))
