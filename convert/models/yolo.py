@@ -242,8 +242,8 @@ def decode_raw(maps: list[torch.Tensor] | tuple[torch.Tensor, ...], meta: dict) 
 
 
 def builtin_archs() -> list[str]:
-    """Names of the shipped architectures (``convert/models/archs/*.yaml``)."""
-    return sorted(p.stem for p in ARCH_DIR.glob("*.yaml"))
+    """Names of the shipped YOLOv5-format architectures (``convert/models/archs/yolov5*.yaml``)."""
+    return sorted(p.stem for p in ARCH_DIR.glob("yolov5*.yaml"))
 
 
 def load_arch(name_or_path: str | Path) -> dict:

@@ -1,0 +1,699 @@
+"""Ultralytics YOLOv8 / YOLO11 detection and pose models, built from the ultralytics model-YAML format.
+
+The modules re-implement what those architectures use from ultralytics' ``nn/modules`` (Conv,
+DWConv, Bottleneck, C2f, C3, C3k, C3k2, SPPF, Attention, PSABlock, C2PSA, Concat, DFL, Detect,
+Pose) with the same parameter names (``model.23.cv2.0.0.conv.weight``, ``model.23.dfl.conv.weight``...),
+so an ultralytics checkpoint's state dict loads with ``strict=True``, without importing
+ultralytics (see :mod:`convert.models.checkpoint`). YAML rows are parsed as ultralytics'
+``parse_model`` does, including its compound scaling (``scales`` + ``scale``) and its rule that a
+head is "legacy" (YOLOv8: plain class convolutions) unless the model has a C3k2 block (YOLO11:
+depthwise class branch).
+
+An :class:`UltralyticsModel` has two output modes (layouts: :mod:`convert.heads.yolov8`):
+
+* decoded (default): ``[B, 4+nc+3*nk, N]``, exactly ultralytics' inference output;
+* truncated (:meth:`UltralyticsModel.truncate_head`): the raw per-level maps, level-major
+  ``(box, cls[, kpt])`` per level; :func:`decode_raw` turns them into the decoded tensor.
+
+``builder: ultralytics`` (:func:`wrap_ultralytics`) builds the layers with the installed
+ultralytics package instead and runs them through the same forward, truncation and metadata.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from convert.errors import ConvertError
+from convert.models.yolo import ARCH_DIR, Concat, Conv, _fuse_conv_bn, make_divisible
+
+# --- building blocks (ultralytics nn/modules) --------------------------------------------
+
+
+class DWConv(Conv):
+    """Depthwise convolution: a Conv with ``groups = gcd(c1, c2)``."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, s: int = 1, act: bool = True):
+        super().__init__(c1, c2, k, s, g=math.gcd(c1, c2), act=act)
+
+
+class Bottleneck(nn.Module):
+    """Two convolutions (kernels ``k``) with a residual add when ``shortcut`` and shapes allow."""
+
+    def __init__(self, c1: int, c2: int, shortcut: bool = True, g: int = 1, k: tuple = (3, 3), e: float = 0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, k[0], 1)
+        self.cv2 = Conv(c_, c2, k[1], 1, g=g)
+        self.add = shortcut and c1 == c2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.cv2(self.cv1(x)) if self.add else self.cv2(self.cv1(x))
+
+
+class C2f(nn.Module):
+    """CSP bottleneck with two convolutions, every bottleneck's output kept (YOLOv8)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = False, g: int = 1, e: float = 0.5):
+        super().__init__()
+        self.c = int(c2 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv((2 + n) * self.c, c2, 1)
+        self.m = nn.ModuleList(Bottleneck(self.c, self.c, shortcut, g, k=(3, 3), e=1.0) for _ in range(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+
+class C3(nn.Module):
+    """CSP bottleneck with three convolutions."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5):
+        super().__init__()
+        c_ = int(c2 * e)
+        self.cv1 = Conv(c1, c_, 1, 1)
+        self.cv2 = Conv(c1, c_, 1, 1)
+        self.cv3 = Conv(2 * c_, c2, 1)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, k=(1, 3), e=1.0) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
+
+
+class C3k(C3):
+    """C3 with ``k x k`` bottlenecks (inside YOLO11's C3k2 at scales m, l, x)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, shortcut: bool = True, g: int = 1, e: float = 0.5, k: int = 3):
+        super().__init__(c1, c2, n, shortcut, g, e)
+        c_ = int(c2 * e)
+        self.m = nn.Sequential(*(Bottleneck(c_, c_, shortcut, g, k=(k, k), e=1.0) for _ in range(n)))
+
+
+class C3k2(C2f):
+    """YOLO11's C2f whose blocks are bottlenecks, or C3k blocks when ``c3k``."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, c3k: bool = False, e: float = 0.5, attn: bool = False,
+                 g: int = 1, shortcut: bool = True):
+        super().__init__(c1, c2, n, shortcut, g, e)
+        if attn:
+            blocks = (nn.Sequential(Bottleneck(self.c, self.c, shortcut, g),
+                                    PSABlock(self.c, attn_ratio=0.5, num_heads=max(self.c // 64, 1))) for _ in range(n))
+        elif c3k:
+            blocks = (C3k(self.c, self.c, 2, shortcut, g) for _ in range(n))
+        else:
+            blocks = (Bottleneck(self.c, self.c, shortcut, g) for _ in range(n))
+        self.m = nn.ModuleList(blocks)
+
+
+class SPPF(nn.Module):
+    """Fast spatial pyramid pooling: ``n`` chained max-pools (equals SPP(5, 9, 13) for k=5, n=3)."""
+
+    def __init__(self, c1: int, c2: int, k: int = 5):
+        super().__init__()
+        c_ = c1 // 2
+        self.cv1 = Conv(c1, c_, 1, 1)  # activated, as in every YOLOv8 / YOLO11 YAML row ([c2, k])
+        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.cv1(x)]
+        y.extend(self.m(y[-1]) for _ in range(3))
+        return self.cv2(torch.cat(y, 1))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the cells, plus a depthwise positional convolution (YOLO11)."""
+
+    def __init__(self, dim: int, num_heads: int = 8, attn_ratio: float = 0.5):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim ** -0.5
+        self.qkv = Conv(dim, dim + self.key_dim * num_heads * 2, 1, act=False)
+        self.proj = Conv(dim, dim, 1, act=False)
+        self.pe = Conv(dim, dim, 3, 1, g=dim, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x).view(B, self.num_heads, self.key_dim * 2 + self.head_dim, H * W).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).view(B, C, H, W) + self.pe(v.reshape(B, C, H, W))
+        return self.proj(x)
+
+
+class PSABlock(nn.Module):
+    """Attention then a feed-forward pair of convolutions, each with a residual add."""
+
+    def __init__(self, c: int, attn_ratio: float = 0.5, num_heads: int = 4, shortcut: bool = True):
+        super().__init__()
+        self.attn = Attention(c, attn_ratio=attn_ratio, num_heads=num_heads)
+        self.ffn = nn.Sequential(Conv(c, c * 2, 1), Conv(c * 2, c, 1, act=False))
+        self.add = shortcut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(x) if self.add else self.attn(x)
+        return x + self.ffn(x) if self.add else self.ffn(x)
+
+
+class C2PSA(nn.Module):
+    """Half the channels through PSA blocks, concatenated with the other half (YOLO11)."""
+
+    def __init__(self, c1: int, c2: int, n: int = 1, e: float = 0.5):
+        super().__init__()
+        if c1 != c2:
+            raise ValueError(f"C2PSA needs equal in and out channels, got {c1} and {c2}")
+        self.c = int(c1 * e)
+        self.cv1 = Conv(c1, 2 * self.c, 1, 1)
+        self.cv2 = Conv(2 * self.c, c1, 1)
+        self.m = nn.Sequential(*(PSABlock(self.c, attn_ratio=0.5, num_heads=max(self.c // 64, 1)) for _ in range(n)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.cv1(x).split((self.c, self.c), dim=1)
+        return self.cv2(torch.cat((a, self.m(b)), 1))
+
+
+class DFL(nn.Module):
+    """Distribution focal loss integral: the expectation of each side's distance distribution."""
+
+    def __init__(self, c1: int = 16):
+        super().__init__()
+        self.conv = nn.Conv2d(c1, 1, 1, bias=False).requires_grad_(False)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(c1, dtype=torch.float).view(1, c1, 1, 1))
+        self.c1 = c1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, a = x.shape
+        return self.conv(x.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)).view(b, 4, a)
+
+
+class Detect(nn.Module):
+    """Anchor-free head: per level a box-distribution branch ``cv2`` and a class branch ``cv3``.
+
+    Its forward returns the raw per-level maps; :class:`UltralyticsModel` decodes them.
+
+    Attributes:
+        legacy: YOLOv8's plain class branch; YOLO11's is depthwise (decided by the YAML, as
+            ultralytics' ``parse_model`` does).
+        stride: ``[nl]`` pixels per cell, set when the model is built.
+    """
+
+    def __init__(self, nc: int = 80, reg_max: int = 16, ch: tuple[int, ...] = (), legacy: bool = False):
+        super().__init__()
+        self.nc, self.nl, self.reg_max = nc, len(ch), reg_max
+        self.nk = 0
+        self.register_buffer("stride", torch.zeros(self.nl), persistent=False)
+        c2, c3 = max(16, ch[0] // 4, reg_max * 4), max(ch[0], min(nc, 100))
+        self.cv2 = nn.ModuleList(nn.Sequential(Conv(x, c2, 3), Conv(c2, c2, 3), nn.Conv2d(c2, 4 * reg_max, 1))
+                                 for x in ch)
+        if legacy:
+            self.cv3 = nn.ModuleList(nn.Sequential(Conv(x, c3, 3), Conv(c3, c3, 3), nn.Conv2d(c3, nc, 1)) for x in ch)
+        else:
+            self.cv3 = nn.ModuleList(nn.Sequential(nn.Sequential(DWConv(x, x, 3), Conv(x, c3, 1)),
+                                                   nn.Sequential(DWConv(c3, c3, 3), Conv(c3, c3, 1)),
+                                                   nn.Conv2d(c3, nc, 1)) for x in ch)
+        self.dfl = DFL(reg_max) if reg_max > 1 else nn.Identity()
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        return raw_maps(self, x)
+
+
+class Pose(Detect):
+    """Detect plus a keypoint branch ``cv4`` of ``nk * 3`` channels per level."""
+
+    def __init__(self, nc: int = 80, kpt_shape: tuple = (17, 3), reg_max: int = 16, ch: tuple[int, ...] = (),
+                 legacy: bool = False):
+        super().__init__(nc, reg_max, ch, legacy)
+        if len(kpt_shape) != 2 or kpt_shape[1] != 3:
+            raise ValueError(f"kpt_shape {list(kpt_shape)}: only [nk, 3] keypoints (x, y, visibility) are supported")
+        self.kpt_shape = list(kpt_shape)
+        self.nk = kpt_shape[0]
+        c4 = max(ch[0] // 4, self.nk * 3)
+        self.cv4 = nn.ModuleList(nn.Sequential(Conv(x, c4, 3), Conv(c4, c4, 3), nn.Conv2d(c4, self.nk * 3, 1))
+                                 for x in ch)
+
+
+def raw_maps(head: nn.Module, x: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The head's raw per-level maps, level-major ``(box, cls[, kpt])``, from its branches (works for
+    this module's heads and for ultralytics' own, which have the same ``cv2``/``cv3``/``cv4``)."""
+    branches = [head.cv2, head.cv3] + ([head.cv4] if hasattr(head, "cv4") else [])
+    return tuple(b[i](x[i]) for i in range(head.nl) for b in branches)
+
+
+MODULES: dict[str, type[nn.Module]] = {
+    "Conv": Conv, "DWConv": DWConv, "Bottleneck": Bottleneck, "C2f": C2f, "C3": C3, "C3k2": C3k2,
+    "SPPF": SPPF, "C2PSA": C2PSA, "Concat": Concat, "nn.Upsample": nn.Upsample, "Detect": Detect, "Pose": Pose,
+}
+_CHANNEL_MODULES = (Conv, DWConv, Bottleneck, C2f, C3, C3k2, SPPF, C2PSA)
+_REPEAT_MODULES = (C2f, C3, C3k2, C2PSA)
+_HEADS = (Detect, Pose)
+UNSUPPORTED_HEADS = {
+    "Segment": "segmentation", "Segment26": "segmentation", "OBB": "oriented-box (OBB)", "OBB26": "oriented-box (OBB)",
+    "Classify": "classification", "RTDETRDecoder": "RT-DETR", "v10Detect": "YOLOv10 (NMS-free)",
+    "WorldDetect": "YOLO-World", "YOLOEDetect": "YOLOE", "YOLOESegment": "YOLOE segmentation",
+    "Pose26": "YOLO26 pose", "SemanticSegment": "semantic segmentation", "Depth": "depth",
+}
+_SUPPORTED = "ultralytics YOLOv8 / YOLO11 detection (Detect) and pose (Pose) models"
+
+
+# --- decoding (ultralytics Detect._inference / Pose.kpts_decode) ---------------------------
+
+
+def _anchors(maps_hw: list[tuple[int, int]], strides: list[float], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell centres ``[2, N]`` (grid units, x; y) and strides ``[1, N]``, ordered level, y, x."""
+    points, stride_t = [], []
+    for (h, w), s in zip(maps_hw, strides):
+        sy, sx = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32) + 0.5,
+                                torch.arange(w, device=device, dtype=torch.float32) + 0.5, indexing="ij")
+        points.append(torch.stack((sx, sy), -1).view(-1, 2))
+        stride_t.append(torch.full((h * w, 1), float(s), device=device))
+    return torch.cat(points).T, torch.cat(stride_t).T
+
+
+def decode_raw(maps, meta: dict[str, Any], dfl: nn.Module | None = None) -> torch.Tensor:
+    """Reference decode of truncated outputs into ultralytics' inference layout.
+
+    Args:
+        maps: The raw maps of a truncated model, level-major ``(box, cls[, kpt])``.
+        meta: :meth:`UltralyticsModel.head_meta` (``strides``, ``nc``, ``nk``, ``reg_max``).
+        dfl: The model's DFL module (default: a fresh one, identical: its weights are fixed).
+
+    Returns:
+        ``[B, 4+nc+3*nk, N]``: cx, cy, w, h (input pixels), sigmoid class scores, keypoints
+        ``(x, y, sigmoid(v))``.
+    """
+    nc, nk, reg_max = int(meta["nc"]), int(meta.get("nk") or 0), int(meta.get("reg_max", 16))
+    parts = 3 if nk else 2
+    nl = len(meta["strides"])
+    if len(maps) != nl * parts:
+        raise ConvertError(f"{len(maps)} raw maps for {nl} levels of {parts} maps each.")
+    b = maps[0].shape[0]
+    box = torch.cat([maps[i * parts].float().view(b, 4 * reg_max, -1) for i in range(nl)], -1)
+    cls = torch.cat([maps[i * parts + 1].float().view(b, nc, -1) for i in range(nl)], -1)
+    anchors, strides = _anchors([tuple(maps[i * parts].shape[2:]) for i in range(nl)], meta["strides"], box.device)
+    dfl = dfl if dfl is not None else (DFL(reg_max) if reg_max > 1 else nn.Identity()).to(box.device)
+    lt, rb = dfl(box).chunk(2, 1)
+    x1y1, x2y2 = anchors.unsqueeze(0) - lt, anchors.unsqueeze(0) + rb
+    out = [torch.cat(((x1y1 + x2y2) / 2, x2y2 - x1y1), 1) * strides, cls.sigmoid()]
+    if nk:
+        y = torch.cat([maps[i * parts + 2].float().view(b, nk * 3, -1) for i in range(nl)], -1).clone()
+        y[:, 2::3] = y[:, 2::3].sigmoid()
+        y[:, 0::3] = (y[:, 0::3] * 2.0 + (anchors[0] - 0.5)) * strides
+        y[:, 1::3] = (y[:, 1::3] * 2.0 + (anchors[1] - 0.5)) * strides
+        out.append(y)
+    return torch.cat(out, 1)
+
+
+# --- architecture ------------------------------------------------------------------------
+
+
+def builtin_archs() -> list[str]:
+    """Names of the shipped ultralytics architectures (``convert/models/archs``, those with ``scales``
+    or a Detect / Pose head row)."""
+    return sorted(p.stem for p in ARCH_DIR.glob("*.yaml") if p.stem.startswith(("yolov8", "yolo11")))
+
+
+def load_arch(name_or_path: str | Path) -> dict:
+    """Reads an architecture: a built-in name (``yolo11n-pose``) or an ultralytics model-YAML path.
+
+    The scale letter comes from the file's ``scale`` key, else from its name (``yolo11n`` -> n)
+    as ultralytics guesses it.
+
+    Raises:
+        ConvertError: Unknown name, unreadable file, or not a YAML mapping.
+    """
+    path = Path(name_or_path)
+    if str(name_or_path) in builtin_archs():
+        path = ARCH_DIR / f"{name_or_path}.yaml"
+    elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        raise ConvertError(f"unknown ultralytics architecture {str(name_or_path)!r}",
+                           hint=f"use one of {', '.join(builtin_archs())} or a path to an ultralytics model .yaml.")
+    try:
+        arch = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConvertError(f"cannot read architecture {path}: {e}", hint="fix the YAML syntax.") from None
+    if not isinstance(arch, dict):
+        raise ConvertError(f"architecture {path} is not a YAML mapping", hint="it needs backbone and head lists.")
+    if not arch.get("scale"):
+        m = re.search(r"yolo(?:v)?\d+([nslmx])", path.stem)
+        if m:
+            arch["scale"] = m.group(1)
+    return arch
+
+
+def _resolve_arg(a: Any, names: dict[str, Any]) -> Any:
+    """What ultralytics' parse_model makes of a string arg (names it knows, literals), without eval."""
+    if not isinstance(a, str):
+        return a
+    if a in names:
+        return names[a]
+    try:
+        return ast.literal_eval(a)
+    except (ValueError, SyntaxError):
+        return a
+
+
+def _parse_model(arch: dict, nc: int, ch: int) -> tuple[nn.Sequential, list[int]]:
+    """Builds the layers from the YAML rows, as ultralytics' ``parse_model`` does."""
+    for key in ("backbone", "head"):
+        if not isinstance(arch.get(key), list):
+            raise ConvertError(f"architecture has no {key!r} list", hint="see convert/models/archs/yolo11n.yaml.")
+    if arch.get("end2end"):
+        raise ConvertError("architecture has end2end: true (an NMS-free head), which convert does not support.",
+                           hint=f"supported: {_SUPPORTED}.")
+    depth, width = float(arch.get("depth_multiple", 1.0)), float(arch.get("width_multiple", 1.0))
+    max_channels = float("inf")
+    scales = arch.get("scales")
+    if scales:
+        scale = arch.get("scale") or next(iter(scales))
+        if scale not in scales:
+            raise ConvertError(f"architecture scale {scale!r} is not one of its scales ({', '.join(scales)}).")
+        depth, width, max_channels = scales[scale]
+    else:
+        scale = arch.get("scale")
+    rows = arch["backbone"] + arch["head"]
+    legacy = not any(isinstance(r, (list, tuple)) and len(r) == 4 and r[2] == "C3k2" for r in rows)
+    names = {"nc": nc, "kpt_shape": arch.get("kpt_shape", [17, 3])}
+    chs = [ch]
+    layers, save = [], []
+    for i, row in enumerate(rows):
+        if not (isinstance(row, (list, tuple)) and len(row) == 4):
+            raise ConvertError(f"architecture row {i}: {str(row)[:80]!r} is not [from, number, module, args]")
+        f, n, name, args = row
+        where = f"architecture row {i} ({name})"
+        if isinstance(name, str) and name in UNSUPPORTED_HEADS:
+            raise ConvertError(f"{where}: a {UNSUPPORTED_HEADS[name]} head, which convert does not support.",
+                               hint=f"supported: {_SUPPORTED}.")
+        if not isinstance(name, str) or name not in MODULES:
+            raise ConvertError(f"{where}: unknown module {str(name)[:40]!r}", hint=f"known modules: {', '.join(MODULES)}; "
+                               "builder: ultralytics builds other layers with the ultralytics package.")
+        m = MODULES[name]
+        froms = [f] if isinstance(f, int) else f
+        if (not isinstance(froms, list) or not froms
+                or not all(isinstance(j, int) and (j == -1 or -i <= j < i) for j in froms)):
+            raise ConvertError(f"{where}: 'from' {f!r} does not name earlier layers",
+                               hint="use -1 for the previous layer or indices of earlier rows.")
+        if not isinstance(n, int) or n < 1:
+            raise ConvertError(f"{where}: 'number' {n!r} must be a positive integer")
+        if (m in _HEADS) != (i == len(rows) - 1):
+            raise ConvertError(f"{where}: the last row, and only it, must be Detect or Pose")
+        args = [_resolve_arg(a, names) for a in (args or [])]
+        n = max(round(n * depth), 1) if n > 1 else n
+        try:
+            if m in _CHANNEL_MODULES:
+                c2 = make_divisible(min(args[0], max_channels) * width, 8)
+                args = [chs[froms[0]], c2, *args[1:]]
+                if m in _REPEAT_MODULES:
+                    args.insert(2, n)
+                    n = 1
+                if m is C3k2 and scale in ("m", "l", "x"):
+                    args[3:4] = [True]
+            elif m is Concat:
+                c2 = sum(chs[j] for j in froms)
+            elif m in _HEADS:
+                args = [*args, int(arch.get("reg_max", 16)), [chs[j] for j in froms], legacy]
+                c2 = None
+            else:
+                c2 = chs[froms[0]]
+            module = nn.Sequential(*(m(*args) for _ in range(n))) if n > 1 else m(*args)
+        except (TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise ConvertError(f"{where}: bad args {str(row[3])[:80]} ({type(e).__name__}: {e})",
+                               hint="compare with the row in convert/models/archs/yolo11n.yaml.") from None
+        module.i, module.f = i, f
+        save.extend(j % i for j in froms if j != -1)
+        layers.append(module)
+        if i == 0:
+            chs = []
+        chs.append(c2)
+    return nn.Sequential(*layers), sorted(save)
+
+
+# --- the model ---------------------------------------------------------------------------
+
+
+class UltralyticsModel(nn.Module):
+    """An ultralytics YOLOv8 / YOLO11 model; see the module docstring for its two output modes.
+
+    Attributes:
+        model: The layers (``nn.Sequential``), named ``model.0`` ... as in ultralytics.
+        save: Indices of layers whose outputs later layers read.
+        names: Class names.
+        arch: The architecture dict (``nc`` set to the model's class count).
+        truncated: Whether forward returns the raw per-level maps.
+    """
+
+    def __init__(self, arch: dict, nc: int | None = None, names: list[str] | None = None, seed: int = 0,
+                 layers: tuple[nn.Sequential, list[int]] | None = None):
+        super().__init__()
+        if not isinstance(arch, dict):
+            raise ConvertError("architecture is not a mapping", hint="pass load_arch(name_or_path).")
+        arch = copy.deepcopy(arch)
+        nc = int(nc if nc is not None else (len(names) if names else arch.get("nc", 80)))
+        if names is not None and len(names) != nc:
+            raise ConvertError(f"{len(names)} class names given for a model with nc={nc}",
+                               hint="give one name per class.")
+        arch["nc"] = nc
+        self.arch = arch
+        if layers is None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                layers = _parse_model(arch, nc, int(arch.get("ch", 3)))
+        self.model, self.save = layers
+        if names is None:
+            names = ["person"] if self.nk and nc == 1 else [f"class{i}" for i in range(nc)]
+        self.names = list(names)
+        self.truncated = False
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eps, m.momentum = 1e-3, 0.03
+        self.eval()
+        self._init_strides()
+
+    @property
+    def head(self) -> nn.Module:
+        """The Detect / Pose head (the last layer)."""
+        return self.model[-1]
+
+    @property
+    def nk(self) -> int:
+        """Keypoints per object (0 for detection)."""
+        kpt = getattr(self.head, "kpt_shape", None)
+        return int(kpt[0]) if kpt else 0
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.head.stride
+
+    def _init_strides(self) -> None:
+        """Strides from a 256x256 forward; the head's bias priors for a freshly built model."""
+        s = 256
+        with torch.no_grad():
+            try:
+                maps = self._forward_maps(torch.zeros(1, int(self.arch.get("ch", 3)), s, s))
+            except RuntimeError as e:
+                raise ConvertError(f"architecture does not run on a {s}x{s} image: {str(e).splitlines()[0]}",
+                                   hint="check each row's from indices and channel counts.") from None
+            parts = 3 if self.nk else 2
+            stride = torch.tensor([s / p.shape[-2] for p in maps[::parts]])
+            head = self.head
+            if isinstance(head.stride, torch.Tensor) and head.stride.shape == stride.shape:
+                head.stride.copy_(stride)
+            else:
+                head.stride = stride
+            if isinstance(head, _HEADS):  # ultralytics' own heads were initialised by ultralytics
+                for i, (a, b) in enumerate(zip(head.cv2, head.cv3)):
+                    a[-1].bias.fill_(2.0)
+                    b[-1].bias[: head.nc] = math.log(5 / head.nc / (640 / float(stride[i])) ** 2)
+
+    def _forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y: list[torch.Tensor | None] = []
+        last = len(self.model) - 1
+        for i, m in enumerate(self.model):
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            if i == last:
+                return raw_maps(m, x)  # the head's branches, whichever builder made it
+            x = m(x)
+            y.append(x if m.i in self.save else None)
+        raise AssertionError("unreachable: the model has a head")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Runs the model on ``[B, ch, H, W]`` (H, W multiples of the largest stride).
+
+        Returns:
+            Decoded ``[B, 4+nc+3*nk, N]``, or the raw per-level maps when truncated.
+        """
+        maps = self._forward_maps(x)
+        if self.truncated:
+            return maps
+        return decode_raw(maps, self.head_meta(), self.head.dfl)
+
+    def truncate_head(self) -> UltralyticsModel:
+        """Makes forward return the raw per-level maps (no DFL, sigmoid, decode or concat)."""
+        self.truncated = True
+        return self
+
+    def head_meta(self) -> dict:
+        """Describes the head's outputs for decoders downstream (JSON-serialisable, :mod:`convert.heads.yolov8`)."""
+        head, nk = self.head, self.nk
+        strides = [int(s) if float(s).is_integer() else float(s) for s in head.stride.tolist()]
+        parts = ["box", "cls"] + (["kpt"] if nk else [])
+        layout = (f"per level: box [B, 4*reg_max={4 * head.reg_max}, H, W] (DFL logits per side l,t,r,b), cls [B, "
+                  f"nc={head.nc}, H, W] (logits)" + (f", kpt [B, 3*nk={3 * nk}, H, W] (x, y, v raw)" if nk else "")
+                  + f"; decoded: [B, 4+nc+3*nk = {4 + head.nc + 3 * nk}, N], rows cx,cy,w,h (input pixels), class "
+                  "scores (sigmoid)" + (", then nk*(x, y, v)" if nk else "") + "; N ordered level, y, x")
+        return {
+            "type": "yolov8_pose" if nk else "yolov8",
+            "strides": strides,
+            "nc": int(head.nc),
+            "nk": nk,
+            "reg_max": int(head.reg_max),
+            "names": list(self.names),
+            "layout": layout,
+            "outputs": ([f"p{int(math.log2(s))}_{p}" for s in strides for p in parts] if self.truncated
+                        else ["predictions"]),
+        }
+
+    def fuse(self) -> UltralyticsModel:
+        """Folds each Conv's BatchNorm into its convolution (outputs unchanged to ~1e-6)."""
+        for m in self.modules():
+            if isinstance(getattr(m, "bn", None), nn.BatchNorm2d) and isinstance(getattr(m, "conv", None), nn.Conv2d):
+                m.conv = _fuse_conv_bn(m.conv, m.bn)
+                m.bn = nn.Identity()
+        return self
+
+
+def build_model(arch: dict, nc: int | None = None, names: list[str] | None = None, seed: int = 0
+                ) -> UltralyticsModel:
+    """Builds an ultralytics-architecture model with this project's modules, eval mode, seeded.
+
+    Raises:
+        ConvertError: The architecture is invalid or of an unsupported kind (names the row).
+    """
+    return UltralyticsModel(arch, nc=nc, names=names, seed=seed)
+
+
+def wrap_ultralytics(arch: dict, nc: int | None = None, names: list[str] | None = None, seed: int = 0
+                     ) -> UltralyticsModel:
+    """Builds the layers with the installed ultralytics package (``builder: ultralytics``), for
+    architectures whose blocks the own builder does not know; forward, truncation and metadata
+    are this module's.
+
+    Raises:
+        ConvertError: ultralytics is not installed, or the architecture is not a detection or
+            pose model.
+    """
+    try:
+        from ultralytics.nn.tasks import DetectionModel, PoseModel
+    except ImportError:
+        raise ConvertError("builder: ultralytics needs the ultralytics package, which is not installed.",
+                           hint="pip install 'convert[ultralytics]', or use builder: own.") from None
+    arch = copy.deepcopy(arch)
+    head = (arch.get("head") or [[None, None, None]])[-1][2]
+    if head not in ("Detect", "Pose") or arch.get("end2end"):
+        kind = UNSUPPORTED_HEADS.get(head, str(head))
+        raise ConvertError(f"architecture head {kind!r} is not supported.", hint=f"supported: {_SUPPORTED}.")
+    nc = int(nc if nc is not None else (len(names) if names else arch.get("nc", 80)))
+    cls = PoseModel if head == "Pose" else DetectionModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        inner = cls(cfg=arch, nc=nc, verbose=False)
+    arch["nc"] = nc
+    return UltralyticsModel(arch, nc=nc, names=names, layers=(inner.model, inner.save))
+
+
+def load_weights(model: UltralyticsModel, state_dict: dict[str, torch.Tensor], source: str = "state dict"
+                 ) -> UltralyticsModel:
+    """Loads a state dict strictly, with a readable error on mismatch (see :func:`convert.models.yolo.load_weights`)."""
+    from convert.models.yolo import load_weights as strict_load
+
+    return strict_load(model, state_dict, source)
+
+
+# --- the architecture-module contract (convert.models) --------------------------------------
+
+_UNSUPPORTED_MODELS = {
+    "SegmentationModel": "segmentation", "OBBModel": "oriented-box (OBB)", "ClassificationModel": "classification",
+    "RTDETRDetectionModel": "RT-DETR", "WorldModel": "YOLO-World", "YOLOEModel": "YOLOE",
+    "YOLOESegModel": "YOLOE segmentation",
+}
+_SUPPORTED_MODELS = ("DetectionModel", "PoseModel")
+
+
+def _check_checkpoint(ckpt, path) -> None:
+    """Refuses checkpoints that are not ultralytics detection or pose models, before building anything."""
+    cls = ckpt.model_class.rsplit(".", 1)[-1]
+    if not ckpt.model_class.startswith("ultralytics."):
+        hint = "use source: yolov5." if ckpt.model_class.startswith("models.") else \
+            "give an ultralytics YOLOv8 / YOLO11 .pt file."
+        raise ConvertError(f"{path} is not an ultralytics checkpoint (its model is {ckpt.model_class or 'unknown'}).",
+                           hint=hint)
+    if cls not in _SUPPORTED_MODELS:
+        kind = _UNSUPPORTED_MODELS.get(cls, ckpt.attrs.get("task") or cls)
+        raise ConvertError(f"{path} is a {kind} model ({cls}), which convert does not support.",
+                           hint="convert supports ultralytics detection and pose models (YOLOv8, YOLO11); "
+                           "export this one with ultralytics itself.")
+
+
+def load(request) -> tuple[UltralyticsModel, dict]:
+    """An ultralytics YOLOv8 / YOLO11 model for the ``load`` pass (:class:`convert.models.ModelRequest`).
+
+    ``weights`` may be a full ultralytics checkpoint (read without ultralytics and without running
+    pickled code; it brings its architecture, class names and keypoint shape) or, with ``arch``, a
+    state dict. ``builder: ultralytics`` builds the layers with the installed package instead.
+
+    Returns:
+        The model (decoded mode) and its recipe (:func:`from_recipe`).
+    """
+    import warnings
+
+    from convert.models.checkpoint import load_checkpoint, load_pickle, load_state_dict_file
+
+    arch = load_arch(request.arch) if request.arch else None
+    names = list(request.names) if request.names else None
+    nc, state = request.nc, None
+    if request.weights is not None:
+        obj = load_pickle(request.weights)
+        if isinstance(obj, dict) and obj.get("model") is not None and not isinstance(obj.get("model"), dict):
+            ckpt = load_checkpoint(request.weights)
+            _check_checkpoint(ckpt, request.weights)
+            state, names, nc = ckpt.state_dict, names or ckpt.names, nc or ckpt.nc
+            if arch is None:
+                arch = {**ckpt.arch, "nc": nc}
+                if ckpt.attrs.get("kpt_shape"):
+                    arch["kpt_shape"] = list(ckpt.attrs["kpt_shape"])
+        else:
+            if arch is None:
+                raise ConvertError(f"{request.weights} is a plain state dict, which does not say its architecture.",
+                                   hint="give arch (e.g. yolo11n-pose) or arch_file with it.")
+            state = load_state_dict_file(request.weights)
+    else:
+        warnings.warn("load: no weights given; the model is randomly initialised (seed "
+                      f"{request.seed}). Its outputs are meaningless.", stacklevel=1)
+    if names is not None and nc is not None and len(names) != nc:
+        raise ConvertError(f"names: {len(names)} class names for nc={nc}.", hint="give one name per class.")
+    build = wrap_ultralytics if request.builder == "ultralytics" else build_model
+    model = build(arch, nc=nc, names=names, seed=request.seed)
+    if state is not None:
+        load_weights(model, state, source=str(request.weights))
+    recipe = {"source": "ultralytics", "builder": request.builder, "arch": model.arch, "nc": int(model.head.nc),
+              "names": list(model.names), "seed": request.seed}
+    return model, recipe
+
+
+def from_recipe(recipe: dict) -> UltralyticsModel:
+    """The untrained model a recipe of :func:`load` describes."""
+    build = wrap_ultralytics if recipe.get("builder") == "ultralytics" else build_model
+    return build(recipe["arch"], nc=recipe["nc"], names=recipe["names"], seed=recipe.get("seed", 0))
