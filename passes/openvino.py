@@ -72,7 +72,7 @@ class OpenVINO(Pass):
     """Convert ONNX to an OpenVINO IR (FP32, FP16 weights, INT8 from Q/DQ or NNCF), checked against ONNX Runtime."""
 
     name = "openvino"
-    version = 1
+    version = 2
     Config = OpenVINOConfig
     inputs = {"model": Input(("onnx",), doc="the ONNX model (FP32, FP16, or INT8 with Q/DQ nodes)")}
     output = "openvino"
