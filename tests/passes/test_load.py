@@ -120,3 +120,53 @@ def test_a_python_factory_runs_only_with_trust_code(tmp_path, cli):
     assert "stage 'load' runs code named by the spec" in err and "--trust-code" in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_ultralytics_pose_end_to_end_onnx_equals_the_torch_model(tmp_path, monkeypatch):
+    """load (own builder) -> truncate -> ONNX -> decode + NMS in the graph, on ONNX Runtime, against the
+    PyTorch model's own decoded output through the PyTorch reference NMS."""
+    from convert.heads.reference import torch_reference
+    from convert.postprocess import NMSSettings, match
+    from convert.runtime import infer, load_runner
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        stages:
+          load: {with: {source: ultralytics, arch: yolov8n-pose, input_size: [128, 160], seed: 3}}
+          truncate_head: {}
+          export_onnx: {with: {opset: 17}}
+          postprocess: {with: {score_threshold: 0.002, iou_threshold: 0.7, max_detections: 50}}
+    """))
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False).run()
+    from convert.manager import open_artifact
+
+    e2e, torch_art = open_artifact(rep.published / "postprocess"), open_artifact(rep.published / "load")
+    meta = e2e.meta
+    assert meta["head"]["type"] == "yolov8_pose" and meta["end2end"] and meta["preprocess"]["size"] == [128, 160]
+    x = np.random.default_rng(0).random((1, 3, 128, 160), dtype=np.float32)
+    with load_runner(e2e, "onnxruntime") as runner:
+        got = infer(runner, x)
+    model = load_module(torch_art)
+    with torch.no_grad():
+        want = torch_reference(model(torch.from_numpy(x)), model.head_meta(), NMSSettings(0.002, 0.7, 50))
+    from convert.postprocess import Detections
+
+    got = Detections.from_outputs(got)
+    assert got.keypoints.shape == (1, 50, 17, 3) and int(want.num_dets[0, 0]) > 0
+    agr = match(want.image(0), got.image(0), tol=5e-3)
+    assert agr.same, agr
+
+
+def test_ultralytics_source_errors(tmp_path, monkeypatch, cli):
+    (tmp_path / "sd.pt").write_bytes(b"")
+    torch.save({"w": torch.zeros(1)}, tmp_path / "plain.pt")
+    for cfg, match in [
+        ("{source: ultralytics}", "source ultralytics needs arch"),
+        ("{source: ultralytics, arch: yolov9t}", "unknown ultralytics architecture 'yolov9t'"),
+        ("{source: yolov5, builder: ultralytics, arch: yolov5n}", "builder ultralytics is for source ultralytics"),
+        ("{source: ultralytics, weights: plain.pt}", "plain state dict, which does not say its architecture"),
+    ]:
+        (tmp_path / "s.yaml").write_text(f"stages: {{load: {{with: {cfg}}}}}\n")
+        code, out, err = cli("run", "s.yaml", "--no-progress")
+        assert code == 2 and match in err and len(err.strip().splitlines()) == 1, (cfg, err)
