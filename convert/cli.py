@@ -233,6 +233,13 @@ def cmd_gc(args) -> int:
                 if s.get("output"):
                     keep.add(s["output"])
     counts = Store(store_dir).gc(keep)
+    from convert.store import _alive, _rmtree
+
+    # half-published versions of killed runs (a live run's own stays)
+    for tmp in arts.glob("*/.tmp-*") if arts.is_dir() else []:
+        if tmp.is_dir() and not _alive(tmp.name.split("-")[1] if tmp.name.count("-") >= 2 else ""):
+            _rmtree(tmp)
+            counts["tmp"] += 1
     print(f"removed {counts['tmp']} temporary dirs, {counts['entries']} cache entries, {counts['objects']} objects")
     return 0
 

@@ -272,6 +272,10 @@ class Manager:
             GateFailed: An accuracy gate failed (after publishing).
         """
         self._check_trust()
+        with self.store.live_run():  # `convert gc` meanwhile leaves what this run builds
+            return self._run(force, until, frozen)
+
+    def _run(self, force: set[str] | None, until: str | None, frozen: bool) -> RunReport:
         force = force or set()
         for name in force - {"*"}:
             self.spec.stage(name)  # raises for an unknown name
@@ -435,7 +439,7 @@ class Manager:
             base.mkdir(parents=True, exist_ok=True)
             import tempfile
 
-            tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+            tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{os.getpid()}-"))  # gc knows its owner
             try:
                 for s in built:
                     link_tree(self.store.object_path(s.digest), tmp / s.name)

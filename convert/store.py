@@ -190,30 +190,84 @@ class Store:
                      json.dumps({**record, "key": key, "digest": digest, "created": time.time()}, indent=1))
         return digest
 
+    @contextmanager
+    def live_run(self) -> Iterator[None]:
+        """Marks a run as live (``runs/<pid>``) while it lasts, so :meth:`gc` leaves what it builds."""
+        marker = self.root / "runs" / str(os.getpid())
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(time.time()))
+        except OSError:  # a read-only store can still serve a fully cached run
+            marker = None
+        try:
+            yield
+        finally:
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+
+    def _live_since(self) -> float | None:
+        """Start time of the oldest live run (its process still exists), or None; dead markers go."""
+        oldest = None
+        for marker in (self.root / "runs").iterdir() if (self.root / "runs").is_dir() else []:
+            if not _alive(marker.name):
+                marker.unlink(missing_ok=True)
+                continue
+            try:
+                started = float(marker.read_text() or 0)
+            except (OSError, ValueError):
+                started = 0.0
+            oldest = started if oldest is None else min(oldest, started)
+        return oldest
+
     def gc(self, keep_digests: set[str]) -> dict[str, int]:
         """Removes leftovers of killed runs and objects not in ``keep_digests``.
+
+        What a live run owns stays: its staging directories (named by its pid) and the entries and
+        objects written since the oldest live run started (it may not have published them yet).
 
         Returns:
             Counts of removed temporary dirs, cache entries and objects.
         """
         counts = {"tmp": 0, "entries": 0, "objects": 0}
+        since = self._live_since()
+
+        def owned(path: Path) -> bool:
+            try:
+                return since is not None and path.stat().st_mtime >= since - 1
+            except OSError:
+                return True  # vanished meanwhile: someone is working on it
         if (self.root / "tmp").is_dir():
             for p in (self.root / "tmp").iterdir():
+                if _alive(p.name.split("-", 1)[0]):
+                    continue
                 _rmtree(p)
                 counts["tmp"] += 1
         for entry in (self.root / "cache").glob("*.json") if (self.root / "cache").is_dir() else []:
             try:
                 digest = json.loads(entry.read_text())["digest"]
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, OSError):
                 digest = None
-            if digest not in keep_digests:
-                entry.unlink()
+            if digest not in keep_digests and not owned(entry):
+                entry.unlink(missing_ok=True)
                 counts["entries"] += 1
         for obj in (self.root / "objects").iterdir() if (self.root / "objects").is_dir() else []:
-            if obj.name not in keep_digests:
+            if obj.name not in keep_digests and not owned(obj):
                 _rmtree(obj)
                 counts["objects"] += 1
         return counts
+
+
+def _alive(pid: str) -> bool:
+    """Whether a process with this pid exists (a staging dir or run marker's owner)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rmtree(path: Path) -> None:

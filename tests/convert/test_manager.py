@@ -261,3 +261,25 @@ def test_published_files_hold_no_value_from_the_environment(tmp_path, monkeypatc
     assert manifest["spec_written"]["who"] == "${oc.env:CONVERT_TEST_SECRET}"
     text = (report.published / "manifest.json").read_text() + lockfile_path(load_spec("s.yaml")).read_text()
     assert "s3cr3t-token" not in text and "also-secret" not in text
+
+
+def test_gc_during_a_build_leaves_what_the_build_owns(tmp_path):
+    """w is committed, u is running when gc runs: neither w's object nor u's staging dir may go."""
+    env = {**os.environ, "PYTHONPATH": f"{HELPERS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    (tmp_path / "s.yaml").write_text(
+        "stages: {w: {pass: toy_write, with: {text: a}}, v: {pass: toy_write, with: {text: b, sleep: 3, "
+        "marker: started}}, j: {pass: toy_join, inputs: {parts: [w, v]}}}")
+    (tmp_path / "artifacts" / "s").mkdir(parents=True)
+    (tmp_path / "artifacts" / "s" / ".tmp-999999999-x").mkdir()  # a killed publish's leftover
+    proc = subprocess.Popen(_toy_cli("run", "s.yaml", "--no-progress"), cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (tmp_path / "started").exists():
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    gc = subprocess.run(_toy_cli("gc"), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert gc.returncode == 0, gc.stderr
+    assert "removed 1 temporary dirs, 0 cache entries, 0 objects" in gc.stdout  # only the dead leftover
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "published" in out and not (tmp_path / "artifacts" / "s" / ".tmp-999999999-x").exists()
