@@ -87,7 +87,9 @@ def load_image(path: str | Path) -> np.ndarray:
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, ImportError) as e:
+        # ImportError: a decoder plugin that is missing (ultralytics, once imported, routes unknown
+        # formats to pi_heif)
         raise ConvertError(f"image {path}: cannot be read ({type(e).__name__}: {e}).",
                            hint="remove or replace the file.") from None
 
