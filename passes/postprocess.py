@@ -12,9 +12,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from convert import heads
 from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import ConvertError, PassError
-from convert import heads
 from convert.postprocess import NMSSettings
 
 
@@ -40,7 +40,8 @@ class PostprocessConfig(PassConfig):
         has_kpts = None
         if self.head_type is not None:
             if self.head_type not in heads.types():
-                raise ValueError(f"head_type {self.head_type!r} is not supported (supported: {', '.join(heads.types())})")
+                raise ValueError(f"head_type {self.head_type!r} is not supported "
+                                 f"(supported: {', '.join(heads.types())})")
             has_kpts = heads.has_keypoints(self.head_type)
         if self.keypoints and has_kpts is False:
             raise ValueError(f"keypoints: true needs a keypoint head; head_type {self.head_type!r} has none")

@@ -112,7 +112,8 @@ def registry() -> dict[str, type[Head]]:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
         module = importlib.import_module(f"{__name__}.{info.name}")
         for obj in vars(module).values():
-            if isinstance(obj, type) and issubclass(obj, Head) and obj is not Head and obj.__module__ == module.__name__:
+            own = isinstance(obj, type) and obj.__module__ == module.__name__
+            if own and issubclass(obj, Head) and obj is not Head:
                 for t in typing.get_args(obj.model_fields["type"].annotation):
                     out[t] = obj
     return out

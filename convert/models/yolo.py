@@ -576,7 +576,8 @@ def load(request) -> tuple[YoloModel, dict]:
     if request.weights is not None and arch is None:
         ckpt = load_checkpoint(request.weights)
         if ckpt.model_class.startswith("ultralytics."):
-            raise ConvertError(f"{request.weights} is an ultralytics checkpoint ({ckpt.model_class}), not a YOLOv5 one.",
+            raise ConvertError(f"{request.weights} is an ultralytics checkpoint ({ckpt.model_class}), not a YOLOv5 "
+                               "one.",
                                hint="use source: ultralytics.")
         arch, state, names = ckpt.arch, ckpt.state_dict, names or ckpt.names
         nc = nc or ckpt.nc

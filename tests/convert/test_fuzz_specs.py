@@ -10,7 +10,6 @@ import pytest
 
 from convert.cli import main
 
-
 from spec_fuzz import mutants
 
 REPO = Path(__file__).resolve().parents[2]

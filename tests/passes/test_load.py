@@ -89,7 +89,8 @@ def test_changing_weights_content_at_same_path_reruns_load_and_after(tmp_path, m
     """))
 
     def run():
-        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False, trust_code=True).run()
+        rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False,
+                      trust_code=True).run()
         return [s.status for s in rep.stages], rep
 
     assert run()[0] == ["ran", "ran"]
