@@ -80,6 +80,13 @@ class Load(Pass):
     requires = ()
 
     @classmethod
+    def key_files(cls, config: LoadConfig) -> list:
+        """An ONNX file's external data files (they hold its weights)."""
+        if config.source != "onnx" or config.weights is None or not config.weights.is_file():
+            return []
+        return [config.weights.parent / loc for loc in _external_locations(config.weights)]
+
+    @classmethod
     def runs_code(cls, config: LoadConfig) -> str | None:
         return f"source: python imports the factory {config.factory!r}" if config.source == "python" else None
 
@@ -141,7 +148,10 @@ class Load(Pass):
             raise ConvertError(f"ONNX file {c.weights} is corrupt or invalid: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}",
                                hint="re-export it, or check it with `python -m onnx.checker`.") from None
-        shutil.copyfile(c.weights, out / "model.onnx")
+        if _external_locations(c.weights):
+            onnx.save(model, str(out / "model.onnx"))  # external data, loaded beside it above, stored inline
+        else:
+            shutil.copyfile(c.weights, out / "model.onnx")
         recorded = read_metadata(model)
         inp = model.graph.input[0]
         shape = [d.dim_value or d.dim_param or -1 for d in inp.type.tensor_type.shape.dim]
@@ -154,3 +164,20 @@ class Load(Pass):
                 "input": {"name": inp.name, "shape": shape},
                 "outputs": [o.name for o in model.graph.output]}
         return PassResult("onnx", "model.onnx", meta, {"opset": model.opset_import[0].version})
+
+
+def _external_locations(path) -> list[str]:
+    """The external data files an ONNX model names (relative to it), without reading them."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: the pass reports it
+        return []
+    locations = []
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), None)
+            if loc and loc not in locations:
+                locations.append(loc)
+    return locations

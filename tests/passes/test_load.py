@@ -171,3 +171,26 @@ def test_ultralytics_source_errors(tmp_path, monkeypatch, cli):
         (tmp_path / "s.yaml").write_text(f"stages: {{load: {{with: {cfg}}}}}\n")
         code, out, err = cli("run", "s.yaml", "--no-progress")
         assert code == 2 and match in err and len(err.strip().splitlines()) == 1, (cfg, err)
+
+
+def test_onnx_with_external_data_is_stored_whole_and_keyed_by_its_data(tmp_path, monkeypatch):
+    from onnx import numpy_helper
+
+    monkeypatch.chdir(tmp_path)
+    w = numpy_helper.from_array(np.arange(3 * 3 * 3 * 3, dtype=np.float32).reshape(3, 3, 3, 3), "w")
+    x = onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 3, 32, 32])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 30, 30])
+    model = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Conv", ["images", "w"], ["y"])],
+                                                          "g", [x], [y], [w]))
+    onnx.save(model, "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True, location="m.data",
+              size_threshold=0)
+    (tmp_path / "s.yaml").write_text("stages: {load: {with: {source: onnx, weights: m.onnx, input_size: [32, 32]}}}")
+    run = lambda: Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False).run()
+    rep = run()
+    stored = onnx.load(str(rep.published / "load" / "model.onnx"))
+    assert numpy_helper.to_array(stored.graph.initializer[0]).sum() == np.arange(81).sum()  # inline, whole
+    assert [s.status for s in run().stages] == ["cached"]
+    data = bytearray((tmp_path / "m.data").read_bytes())
+    data[:4] = np.float32(7).tobytes()
+    (tmp_path / "m.data").write_bytes(bytes(data))  # same .onnx, other weights: the stage re-runs
+    assert [s.status for s in run().stages] == ["ran"]
