@@ -80,43 +80,6 @@ def random_feed(session, seed: int = 0, batch: int = 1, size: tuple[int, int] | 
     return feed
 
 
-def check_feed(session, meta: dict, seed: int = 0, batch: int | None = None) -> tuple[dict, str]:
-    """The input that conversions are checked on: sample photos, else seeded noise.
-
-    Photos make a detector detect, so an end-to-end model (NMS in the graph) is compared on
-    actual detections, where uniform noise detects nothing. The photos are the built-in
-    calibration set (:mod:`calib.builtin`), preprocessed as the model's metadata says. Seeded
-    uniform [0,1) noise of the model's input size is used where scikit-image (which ships the
-    photos) is missing, or the model does not take one image.
-
-    Args:
-        session: An ONNX Runtime session of the reference model (for input names, shapes, types).
-        meta: The model's metadata (``preprocess``).
-        seed: Seed of the photo sample, or of the noise.
-        batch: Batch size for a dynamic batch dimension (default 2; a static one is kept).
-
-    Returns:
-        (input name -> array, ``"photos"`` or ``"random"``).
-    """
-    from calib import data
-    from convert.errors import BackendMissing
-
-    inputs = session.get_inputs()
-    pp = meta.get("preprocess")
-    if len(inputs) == 1 and pp and len(inputs[0].shape) == 4:
-        n = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else batch or 2
-        dtype = np.float16 if "float16" in inputs[0].type else np.float32
-        try:
-            photos = data.CalibrationSet(data.resolve_source(None), n, seed)
-            x = next(data.batches(photos.samples(), pp, n))
-        except BackendMissing:
-            x = None
-        if x is not None and len(x) == n:
-            return {inputs[0].name: x.astype(dtype)}, "photos"
-    size = (pp or {}).get("size")
-    return random_feed(session, seed=seed, batch=batch or 1, size=tuple(size) if size else None), "random"
-
-
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
                for x, y in zip(a, b))

@@ -11,7 +11,7 @@ activations become float16, except
   :attr:`FP16Config.block_ops`; :attr:`FP16Config.block_nodes` blocks single nodes by name.
 
 The FP16 model is run against the FP32 one under ONNX Runtime on sample photos (or noise, see
-:func:`convert.onnxutil.check_feed`) and the largest output difference is reported (and gated with
+:func:`calib.data.check_feed`) and the largest output difference is reported (and gated with
 ``max_abs_diff``); a model holding TensorRT plugin ops cannot run there and is converted unchecked.
 
 Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
@@ -118,7 +118,7 @@ class FP16(Pass):
 
 
 def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, float], float, str] | None:
-    """Runs both models under ONNX Runtime on the check input (:func:`convert.onnxutil.check_feed`).
+    """Runs both models under ONNX Runtime on the check input (:func:`calib.data.check_feed`).
 
     Returns:
         (output name -> max abs difference, for float outputs; largest FP32 output magnitude;
@@ -127,6 +127,7 @@ def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, floa
     """
     import numpy as np
 
+    from calib.data import check_feed
     from convert import onnxutil
 
     try:
@@ -134,7 +135,7 @@ def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, floa
     except Exception:  # onnxruntime's own exception types: an op it does not know
         return None
     half_sess = onnxutil.ort_session(fp16_path)
-    feed, kind = onnxutil.check_feed(ref_sess, meta, seed)
+    feed, kind = check_feed(ref_sess, meta, seed)
     half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
                  for i in half_sess.get_inputs()}
     names = [o.name for o in ref_sess.get_outputs()]

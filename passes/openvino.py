@@ -171,7 +171,7 @@ def read_rt_info(model) -> dict:
 def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str, float], str]:
     """Max abs difference per float output between the IR (OpenVINO, CPU, f32) and the ONNX model (ONNX Runtime).
 
-    Both run on the check input of :func:`convert.onnxutil.check_feed` (sample photos, else noise).
+    Both run on the check input of :func:`calib.data.check_feed` (sample photos, else noise).
     OpenVINO runs with its inference precision pinned to f32 (see
     :class:`convert.runtime.OpenVINORunner`), so an FP32 IR matches to float rounding.
 
@@ -181,7 +181,7 @@ def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str,
     import numpy as np
 
     from convert import onnxutil
-    from convert.onnxutil import check_feed
+    from calib.data import check_feed
     from convert.runtime import OpenVINORunner
 
     ref_sess = onnxutil.ort_session(onnx_path)

@@ -506,7 +506,7 @@ class TensorRT(Pass):
 def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[dict[str, float], str] | None:
     """Max abs difference per float output between the engine (TensorRT) and the ONNX model (ONNX Runtime).
 
-    Both run on the check input of :func:`convert.onnxutil.check_feed` (sample photos, else noise),
+    Both run on the check input of :func:`calib.data.check_feed` (sample photos, else noise),
     at the profile's opt batch when the batch is dynamic.
 
     Returns:
@@ -514,7 +514,7 @@ def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[d
         run the model (TensorRT plugin ops such as EfficientNMS_TRT).
     """
     from convert import onnxutil
-    from convert.onnxutil import check_feed
+    from calib.data import check_feed
     from convert.runtime import TensorRTRunner
 
     try:
