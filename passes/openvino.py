@@ -180,8 +180,8 @@ def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str,
     """
     import numpy as np
 
-    from convert import onnxutil
     from calib.data import check_feed
+    from convert import onnxutil
     from convert.runtime import OpenVINORunner
 
     ref_sess = onnxutil.ort_session(onnx_path)

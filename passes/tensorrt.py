@@ -513,8 +513,8 @@ def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[d
         (output name -> difference, the kind of check input), or None when ONNX Runtime cannot
         run the model (TensorRT plugin ops such as EfficientNMS_TRT).
     """
-    from convert import onnxutil
     from calib.data import check_feed
+    from convert import onnxutil
     from convert.runtime import TensorRTRunner
 
     try:

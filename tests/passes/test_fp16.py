@@ -7,10 +7,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from calib.data import check_feed
 from convert import onnxutil
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
-from calib.data import check_feed
 from passes.fp16 import FP16, FP16Config, toposort
 
 META = {"precision": "fp32", "names": ["a", "b"], "preprocess": {"size": [32, 32]},
