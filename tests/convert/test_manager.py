@@ -283,3 +283,35 @@ def test_gc_during_a_build_leaves_what_the_build_owns(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "published" in out and not (tmp_path / "artifacts" / "s" / ".tmp-999999999-x").exists()
+
+
+def test_cold_rebuilds_in_fresh_stores_publish_identical_files(tmp_path, monkeypatch):
+    """Export, simplify, calibration, quantization and post-processing are deterministic: two cold
+    builds publish byte-identical files (the manifest, which records timings, aside), and --frozen
+    with the first build's lockfile passes on a third, fresh store."""
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(textwrap.dedent("""
+        stages:
+          load: {with: {arch: yolov5n, input_size: [64, 64], nc: 2}}
+          truncate_head: {}
+          export_onnx: {}
+          simplify: {}
+          calibrate: {with: {num: 3}}
+          quantize: {inputs: {model: simplify, table: calibrate}}
+          postprocess: {}
+    """))
+
+    def build(store):
+        with pytest.warns(UserWarning, match="randomly initialised"):
+            return Manager(load_spec("s.yaml"), Store(tmp_path / store), tmp_path / f"a-{store}",
+                           progress=False).run(frozen=store == "s3")
+
+    first, second = build("s1"), build("s2")
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
+                          if p.is_file() and p.name != "manifest.json"}
+    a, b = files(first.published), files(second.published)
+    assert len(a) >= 14 and a.keys() == b.keys()
+    assert [str(k) for k in a if a[k] != b[k]] == []
+    assert first.version == second.version
+    assert [s.status for s in build("s3").stages] == ["ran"] * 7
