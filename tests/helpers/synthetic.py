@@ -75,3 +75,23 @@ def synthetic_model(head: dict[str, Any], size: tuple[int, int] = (64, 96), batc
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def decode_model(model: onnx.ModelProto, head: dict[str, Any]) -> onnx.ModelProto:
+    """``model`` with its head family's decode appended; outputs boxes, scores (and keypoints)."""
+    import onnx_graphsurgeon as gs
+
+    from convert.graph.builder import Builder
+    from convert.graph.decode import append_decode
+
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    cands = append_decode(Builder(graph, "postprocess"), [tensors[n] for n in head["outputs"]], head)
+    outs = [cands.boxes, cands.scores] + ([cands.keypoints] if cands.keypoints is not None else [])
+    for var, name, rank in zip(outs, ("boxes", "scores", "keypoints"), (3, 3, 4)):
+        var.name, var.dtype, var.shape = name, np.float32, [None] * rank
+    graph.outputs = outs
+    out = gs.export_onnx(graph.cleanup().toposort())
+    out.ir_version = model.ir_version
+    onnx.checker.check_model(out, full_check=True)
+    return out

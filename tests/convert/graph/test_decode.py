@@ -9,29 +9,12 @@ import pytest
 
 from convert import postprocess as pp
 from convert.errors import ConvertError
-from convert.graph.builder import Builder
-from convert.graph.decode import append_decode
 from convert.onnxutil import ort_session
 
-from synthetic import synthetic_head, synthetic_model
+from synthetic import decode_model, synthetic_head, synthetic_model
 
 DECODE_OPS = {"Reshape", "Transpose", "Slice", "Sigmoid", "Mul", "Add", "Sub", "Div", "Concat", "Shape", "Squeeze",
               "Unsqueeze", "Range", "Cast", "Expand"}
-
-
-def decode_model(model: onnx.ModelProto, head: dict) -> onnx.ModelProto:
-    """``model`` with the decode appended; outputs boxes, scores (and keypoints)."""
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    cands = append_decode(Builder(graph, "postprocess"), [tensors[n] for n in head["outputs"]], head)
-    outs = [cands.boxes, cands.scores] + ([cands.keypoints] if cands.keypoints is not None else [])
-    for var, name, rank in zip(outs, ("boxes", "scores", "keypoints"), (3, 3, 4)):
-        var.name, var.dtype, var.shape = name, np.float32, [None] * rank
-    graph.outputs = outs
-    out = gs.export_onnx(graph.cleanup().toposort())
-    out.ir_version = model.ir_version
-    onnx.checker.check_model(out, full_check=True)
-    return out
 
 
 def run(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:

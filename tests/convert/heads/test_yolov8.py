@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
-import onnx
-import onnx_graphsurgeon as gs
 import pytest
 
 from convert import heads
 from convert import postprocess as pp
-from convert.graph.builder import Builder
 from convert.graph.end2end import make_end2end
 from convert.graph.reference import run_with_references
 from convert.onnxutil import ort_session
 
-from synthetic import synthetic_model, synthetic_yolov8_head
+from synthetic import decode_model, synthetic_model, synthetic_yolov8_head
 
 DECODE_OPS = {"Reshape", "Transpose", "Slice", "Sigmoid", "Softmax", "ReduceSum", "Mul", "Add", "Sub", "Div",
               "Concat", "Shape", "Squeeze", "Unsqueeze", "Range", "Cast", "Expand"}
-
-
-def decode_model(model: onnx.ModelProto, head: dict) -> onnx.ModelProto:
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    typed = heads.parse(head)
-    cands = typed.decode_graph(Builder(graph, "postprocess"), [tensors[n] for n in typed.outputs])
-    outs = [cands.boxes, cands.scores] + ([cands.keypoints] if cands.keypoints is not None else [])
-    for var, name, rank in zip(outs, ("boxes", "scores", "keypoints"), (3, 3, 4)):
-        var.name, var.dtype, var.shape = name, np.float32, [None] * rank
-    graph.outputs = outs
-    out = gs.export_onnx(graph.cleanup().toposort())
-    out.ir_version = model.ir_version
-    onnx.checker.check_model(out, full_check=True)
-    return out
 
 
 def images(batch: int, h: int, w: int, seed: int = 0) -> np.ndarray:
