@@ -68,6 +68,9 @@ class Candidate:
 
             img = load_builtin(self.name)
             return img, hashlib.sha256(img.tobytes()).hexdigest(), None
+        if self.path.exists() and not self.path.is_file():  # a FIFO would hang, /dev/zero never end
+            raise ConvertError(f"image {self.name}: {self.path} is not a regular file (a folder, FIFO or device).",
+                               hint="remove it from the calibration data.")
         try:
             raw = self.path.read_bytes()
         except OSError as e:

@@ -237,3 +237,16 @@ def test_truncated_jpeg_is_a_bad_image(tmp_path):
     cset = CalibrationSet(resolve_source(tmp_path), num=2)
     assert [s.name for s in cset.samples()] == ["ok.png"]
     assert cset.skipped[0][0] == "cut.jpg"
+
+
+def test_list_entries_naming_a_fifo_or_a_device_are_refused_without_reading_them(tmp_path):
+    import os
+
+    write_image(tmp_path / "ok.png")
+    os.mkfifo(tmp_path / "pipe.jpg")  # reading it would block forever
+    lst = tmp_path / "l.txt"
+    lst.write_text(f"ok.png\npipe.jpg\n{os.devnull}\n/dev/zero\n")  # /dev/zero would never end
+    cset = CalibrationSet(resolve_source(lst), num=4, on_bad_image="skip")
+    assert [s.name for s in cset.samples()] == ["ok.png"]
+    reasons = {s["name"]: s["reason"] for s in cset.record()["skipped"]}
+    assert len(reasons) == 3 and all("not a regular file" in r for r in reasons.values()), reasons
