@@ -52,6 +52,8 @@ class LoadConfig(PassConfig):
     def _check_source(self):
         if self.input_size[0] < 32 or self.input_size[1] < 32 or self.input_size[0] % 32 or self.input_size[1] % 32:
             raise ValueError(f"input_size must be multiples of 32 (the largest stride), got {list(self.input_size)}")
+        if self.weights is not None and self.weights.is_dir():  # before the manager would hash the whole tree
+            raise ValueError(f"weights {str(self.weights)!r} is a folder, not a checkpoint or model file")
         if self.builder != "own" and self.source != "ultralytics":
             raise ValueError(f"builder {self.builder} is for source ultralytics only")
         if self.source in ("yolov5", "ultralytics"):

@@ -167,6 +167,7 @@ def test_ultralytics_source_errors(tmp_path, monkeypatch, cli):
         ("{source: ultralytics, arch: yolov9t}", "unknown ultralytics architecture 'yolov9t'"),
         ("{source: yolov5, builder: ultralytics, arch: yolov5n}", "builder ultralytics is for source ultralytics"),
         ("{source: ultralytics, weights: plain.pt}", "plain state dict, which does not say its architecture"),
+        ("{source: yolov5, weights: .}", "is a folder, not a checkpoint"),
     ]:
         (tmp_path / "s.yaml").write_text(f"stages: {{load: {{with: {cfg}}}}}\n")
         code, out, err = cli("run", "s.yaml", "--no-progress")
