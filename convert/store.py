@@ -67,11 +67,14 @@ class FileHasher:
     def __init__(self, db_path: Path | None):
         self._db = None
         if db_path is not None:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, "
-                             "mtime_ns INT, inode INT, digest TEXT)")
+            try:
+                db_path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(db_path, timeout=60, isolation_level=None)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INT, "
+                                 "mtime_ns INT, inode INT, digest TEXT)")
+            except (OSError, sqlite3.Error):  # read-only or full store: hash without the memo
+                self._db = None
 
     def file(self, path: Path) -> str:
         """Digest of one file's bytes."""
@@ -83,20 +86,29 @@ class FileHasher:
         if row and tuple(row[:3]) == (st.st_size, st.st_mtime_ns, st.st_ino):
             return row[3]
         digest = _hash_file(path)
-        self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
-                         (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest))
+        try:
+            self._db.execute("INSERT OR REPLACE INTO files VALUES (?,?,?,?,?)",
+                             (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest))
+        except sqlite3.Error:  # the memo is an optimisation; a store that cannot take it still works
+            pass
         return digest
 
     def files(self, paths: list[Path]) -> list[str]:
         """Digests of many files, memo updates in one transaction; ``missing`` for a file that is not there."""
         in_tx = self._db is not None
         if in_tx:
-            self._db.execute("BEGIN")
+            try:
+                self._db.execute("BEGIN")
+            except sqlite3.Error:
+                in_tx = False
         try:
             return [self.file(p) if Path(p).is_file() else "missing" for p in paths]
         finally:
             if in_tx:
-                self._db.execute("COMMIT")
+                try:
+                    self._db.execute("COMMIT")
+                except sqlite3.Error:
+                    pass
 
     def path(self, path: Path) -> str:
         """Digest of a file, or of a directory tree (relative names and file digests)."""

@@ -110,3 +110,33 @@ def test_fully_cached_run_is_fast_and_never_imports_torch(tmp_path):
     marker, seconds = second.stderr.split()[-2:]
     assert marker == "NOTORCH"
     assert float(seconds) < 1.0, f"cached run took {seconds}s in-process ({wall:.2f}s with interpreter start)"
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_half_written_entry(cli, tmp_path, monkeypatch):
+    """ENOSPC while the store takes a stage's output: one line with a hint, exit 2, no cache entry."""
+    import errno
+
+    import convert.store as store
+
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write}, u: {pass: toy_upper}}")
+    real = store.tree_digest
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(store, "tree_digest", full)
+    code, out, err = cli("run", "s.yaml", "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "No space left on device" in err and "Hint: free disk space" in err
+    assert not list((tmp_path / ".convert" / "store").glob("cache/*.json"))
+    monkeypatch.setattr(store, "tree_digest", real)
+    assert cli("run", "s.yaml", "--no-progress")[0] == 0
+
+
+def test_a_store_whose_memo_cannot_be_opened_still_runs(cli, tmp_path):
+    (tmp_path / "s.yaml").write_text("stages: {w: {pass: toy_write}}")
+    store = tmp_path / ".convert" / "store"
+    store.mkdir(parents=True)
+    (store / "filehash.sqlite").mkdir()  # sqlite cannot open a folder: "unable to open database file"
+    code, out, err = cli("run", "s.yaml", "--no-progress")
+    assert code == 0, err
