@@ -330,7 +330,8 @@ def _os_error(e: OSError) -> str:
             errno.EACCES: "no permission: point --store / --artifacts at a folder you can write.",
             errno.EDQUOT: "over the disk quota: free space or use another disk."}.get(
         e.errno, "check the store, artifacts and spec folders.")
-    return str(ConvertError(f"{e.strerror or e}{where}; the run stopped (completed stages stay in the store).", hint=hint))
+    return str(ConvertError(f"{e.strerror or e}{where}; the run stopped (completed stages stay in the store).",
+                            hint=hint))
 
 
 def main(argv: list[str] | None = None) -> int:
