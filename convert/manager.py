@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from convert.base import ARTIFACT_JSON, Artifact, PassResult, RunContext
 from convert.errors import BackendMissing, ConvertError, PassError
+from convert.lockfile import Lockfile, why_key_changed
 from convert.spec import Spec, Stage, input_files
 from convert.store import Store, _hash_file, _rmtree, atomic_write, canonical_json, link_tree, sha256_json
 
@@ -110,6 +111,8 @@ class StageRecord:
     seconds: float = 0.0
     inputs: dict[str, list[str]] = field(default_factory=dict)
     input_digests: dict[str, list[str]] = field(default_factory=dict)
+    params: str | None = None
+    machine: dict[str, Any] | None = None
     files: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     tools: dict[str, str | None] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -121,7 +124,9 @@ class StageRecord:
             entry["skipped"] = self.reason
             return entry
         entry.update(key=self.key, files=self.files, tools=self.tools, input_digests=self.input_digests,
-                     output=self.digest)
+                     output=self.digest, params=self.params)
+        if self.machine is not None:
+            entry["machine"] = self.machine
         return entry
 
 
@@ -209,7 +214,8 @@ class Manager:
         machine = machine_identity() if stage.pass_cls.machine_dependent else None
         key = sha256_json(key_material(stage, input_digests, file_digests, tools, self._referenced(stage), machine))
         return StageRecord(stage.name, stage.pass_name, "pending", key=key, inputs=stage.inputs,
-                           input_digests=input_digests, files=file_records, tools=tools)
+                           input_digests=input_digests, files=file_records, tools=tools,
+                           params=sha256_json(stage.config.model_dump(mode="json"))[:16], machine=machine)
 
     # -- plan ---------------------------------------------------------------------------------
     def plan(self, force: set[str] = frozenset()) -> list[StageRecord]:
@@ -396,22 +402,18 @@ class Manager:
 
     # -- lockfile and publishing --------------------------------------------------------------
     def _lock_text(self, report: RunReport) -> str:
-        return json.dumps({"spec": self.spec.name, "stages": {s.name: s.lock_entry() for s in report.stages}},
-                          indent=1, sort_keys=True) + "\n"
+        return Lockfile(lockfile_path(self.spec), self.spec.name,
+                        {s.name: s.lock_entry() for s in report.stages}).text()
 
-    def _read_lock(self) -> dict[str, Any]:
-        path = lockfile_path(self.spec)
+    def _read_lock(self) -> Lockfile:
         try:
-            return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConvertError(f"--frozen: lockfile {path} not found.",
-                               hint="run once without --frozen and commit the lockfile.") from None
-        except json.JSONDecodeError as e:
-            raise ConvertError(f"--frozen: lockfile {path} is not valid JSON ({e}).") from None
+            return Lockfile.read(lockfile_path(self.spec))
+        except ConvertError as e:
+            raise ConvertError(f"--frozen: {e.message}", hint=e.hint) from None
 
-    def _check_frozen(self, lock: dict[str, Any], rec: StageRecord) -> None:
-        path = lockfile_path(self.spec)
-        want = lock.get("stages", {}).get(rec.name)
+    def _check_frozen(self, lock: Lockfile, rec: StageRecord) -> None:
+        path = lock.path
+        want = lock.stages.get(rec.name)
         if want is None:
             raise ConvertError(f"--frozen: stage {rec.name!r} is not in {path}.",
                                hint="the spec changed; re-run without --frozen and commit the lockfile.")
@@ -422,11 +424,11 @@ class Manager:
             ("key", "output", "skipped")
         for field_ in fields:
             if want.get(field_) != got.get(field_):
-                what = {"key": "its inputs or parameters changed",
+                what = {"key": why_key_changed(want, got),
                         "output": "the rebuilt output differs (not reproducible)",
                         "skipped": "it was skipped in one run and not the other"}[field_]
                 raise ConvertError(f"--frozen: stage {rec.name!r} does not match {path}: {what} "
-                                   f"({field_} {want.get(field_)} != {got.get(field_)}).",
+                                   f"({field_} {str(want.get(field_))[:16]} != {str(got.get(field_))[:16]}).",
                                    hint="re-run without --frozen and commit the lockfile if the change is intended.")
 
     def _publish(self, report: RunReport, update_latest: bool) -> None:

@@ -103,7 +103,7 @@ def sha256_file(p):
 def test_frozen_detects_changes(env, tmp_path):
     env()
     env(frozen=True)  # same spec, same outputs: passes
-    with pytest.raises(ConvertError, match=r"--frozen: stage 'u' does not match .*its inputs or parameters changed"):
+    with pytest.raises(ConvertError, match=r"--frozen: stage .u. does not match .*its parameters \(with:\) changed"):
         env("stages.u.with.times=5", frozen=True)
 
 
@@ -223,7 +223,7 @@ def test_machine_dependent_stage_is_keyed_by_the_machine_and_frozen_checks_only_
     machine["cpu"] = "B"
     plan = Manager(load_spec("s.yaml"), Store(tmp_path / "s1"), tmp_path / "a").plan()
     assert [r.status for r in plan] == ["cached", "pending"]
-    with pytest.raises(ConvertError, match=r"stage 'c' does not match .*its inputs or parameters changed"):
+    with pytest.raises(ConvertError, match=r"stage 'c' does not match .*built on another machine.*'cpu': 'A'"):
         run("s3", frozen=True)
 
 
@@ -315,3 +315,16 @@ def test_cold_rebuilds_in_fresh_stores_publish_identical_files(tmp_path, monkeyp
     assert [str(k) for k in a if a[k] != b[k]] == []
     assert first.version == second.version
     assert [s.status for s in build("s3").stages] == ["ran"] * 7
+
+
+def test_frozen_names_the_input_that_changed_and_refuses_bad_lockfiles(env, tmp_path):
+    env()
+    (tmp_path / "data.txt").write_text("other")
+    with pytest.raises(ConvertError, match=r"stage 'w' does not match .*the file data.txt \(src\) changed"):
+        env(frozen=True)
+    lock = lockfile_path(load_spec("spec.yaml"))
+    for text, match in [("{not json", "is corrupted"), ('{"format": 9, "stages": {}}', "has format 9"),
+                        ('{"stages": []}', "not a convert lockfile")]:
+        lock.write_text(text)
+        with pytest.raises(ConvertError, match=match):
+            env(frozen=True)
