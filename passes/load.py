@@ -32,7 +32,8 @@ class LoadConfig(PassConfig):
         "`factory`; onnx: an existing ONNX file given as `weights`")
     arch: str | None = Field(
         None, description="yolov5: built-in architecture (yolov5n, yolov5s, yolov5s-pose); ultralytics: yolov8n, "
-        "yolov8n-pose, yolo11n, yolo11n-pose; default: the checkpoint's own architecture")
+        "yolov8n-pose, yolo11n, yolo11n-pose; default: the checkpoint's own (an ultralytics checkpoint always "
+        "uses its own)")
     arch_file: InputPath | None = Field(None, description="yolov5 / ultralytics: a model-YAML file instead of `arch`")
     builder: Literal["own", "ultralytics"] = Field(
         "own", description="ultralytics: own: this project's modules (no ultralytics import); ultralytics: the "

@@ -924,10 +924,11 @@ def load(request) -> tuple[UltralyticsModel, dict]:
             ckpt = load_checkpoint(request.weights)
             _check_checkpoint(ckpt, request.weights)
             state, names, nc = ckpt.state_dict, names or ckpt.names, nc or ckpt.nc
-            if arch is None:
-                arch = {**ckpt.arch, "nc": nc}
-                if ckpt.attrs.get("kpt_shape"):
-                    arch["kpt_shape"] = list(ckpt.attrs["kpt_shape"])
+            # A full checkpoint brings its architecture; `arch` (a spec's default for random-weight runs)
+            # would only mis-build it.
+            arch = {**ckpt.arch, "nc": nc}
+            if ckpt.attrs.get("kpt_shape"):
+                arch["kpt_shape"] = list(ckpt.attrs["kpt_shape"])
         else:
             if arch is None:
                 raise ConvertError(f"{request.weights} is a plain state dict, which does not say its architecture.",

@@ -315,6 +315,9 @@ def test_checkpoint_round_trip_without_ultralytics(models, tmp_path):
         torch.testing.assert_close(loaded(x), model.half().float()(x), rtol=0, atol=1e-4)  # fp16 weights saved
     again = U.from_recipe(json.loads(json.dumps(recipe)))
     assert set(again.state_dict()) == set(loaded.state_dict())
+    # a spec's `arch` (its default for random-weight runs) does not override a full checkpoint's own
+    other, _ = U.load(ModelRequest(arch="yolo11n", weights=tmp_path / "p.pt"))
+    assert other.head_meta()["type"] == "yolov8_pose" and set(other.state_dict()) == set(loaded.state_dict())
 
 
 def test_segmentation_checkpoint_is_refused(models, tmp_path):
