@@ -80,7 +80,8 @@ def cmd_plan(args) -> int:
         return 0
     for r in plan:
         state = {"cached": "cached", "skipped": "skipped"}.get(r.status, "will run")
-        why = f"  ({r.reason})" if r.reason and r.status == "skipped" or "will fail" in (r.reason or "") else ""
+        shown = r.status == "skipped" or any(w in (r.reason or "") for w in ("will fail", "changed since"))
+        why = f"  ({r.reason})" if r.reason and shown else ""
         print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]:<12}{why}")
     for name, why in _manager(args, spec).code_stages():
         print(f"{name}: needs --trust-code ({why})")

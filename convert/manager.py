@@ -223,6 +223,10 @@ class Manager:
         anything; skips follow the same rules as :meth:`run` (skipped inputs, missing optional backends)."""
         done: dict[str, StageRecord] = {}
         out = []
+        try:
+            locked = Lockfile.read(lockfile_path(self.spec)).stages
+        except ConvertError:  # no lockfile yet (or a broken one, which `run --frozen` reports)
+            locked = {}
         for stage in self.spec.stages:
             skip = self._skipped_input(stage, done)
             if skip is not None:
@@ -235,6 +239,9 @@ class Manager:
                 entry = None if stage.name in force else self.store.lookup(rec.key)
                 if entry:
                     rec.status, rec.digest = "cached", entry["digest"]
+                want = locked.get(stage.name)
+                if want and want.get("key") and want["key"] != rec.key:
+                    rec.reason = f"changed since the lockfile: {why_key_changed(want, rec.lock_entry())}"
             missing = self._missing_module(stage) if rec.status == "pending" else None
             if missing and stage.optional:
                 rec.status, rec.reason = "skipped", f"{missing} is not installed (optional stage)"

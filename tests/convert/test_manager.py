@@ -320,6 +320,8 @@ def test_cold_rebuilds_in_fresh_stores_publish_identical_files(tmp_path, monkeyp
 def test_frozen_names_the_input_that_changed_and_refuses_bad_lockfiles(env, tmp_path):
     env()
     (tmp_path / "data.txt").write_text("other")
+    plan = Manager(load_spec("spec.yaml"), Store(tmp_path / "store"), tmp_path / "artifacts").plan()
+    assert plan[0].reason == "changed since the lockfile: the file data.txt (src) changed"
     with pytest.raises(ConvertError, match=r"stage 'w' does not match .*the file data.txt \(src\) changed"):
         env(frozen=True)
     lock = lockfile_path(load_spec("spec.yaml"))
