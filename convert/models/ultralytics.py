@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from convert.errors import ConvertError
-from convert.models.yolo import ARCH_DIR, Concat, _fuse_conv_bn, make_divisible
+from convert.models.yolo import ARCH_DIR, Concat, _fuse_conv_bn, make_divisible, read_arch_file
 
 __all__ = [
     "ARCH_DIR", "Attention", "Bottleneck", "C2PSA", "C2f", "C3", "C3k", "C3k2", "Concat", "Conv", "DFL", "DWConv",
@@ -450,18 +449,8 @@ def load_arch(name_or_path: str | Path) -> dict:
     Raises:
         ConvertError: Unknown name, unreadable file, or not a YAML mapping.
     """
-    path = Path(name_or_path)
-    if str(name_or_path) in builtin_archs():
-        path = ARCH_DIR / f"{name_or_path}.yaml"
-    elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        raise ConvertError(f"unknown ultralytics architecture {str(name_or_path)!r}",
-                           hint=f"use one of {', '.join(builtin_archs())} or a path to an ultralytics model .yaml.")
-    try:
-        arch = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConvertError(f"cannot read architecture {path}: {e}", hint="fix the YAML syntax.") from None
-    if not isinstance(arch, dict):
-        raise ConvertError(f"architecture {path} is not a YAML mapping", hint="it needs backbone and head lists.")
+    arch, path = read_arch_file(name_or_path, builtin_archs(), "ultralytics architecture",
+                                "an ultralytics model .yaml", "it needs backbone and head lists.")
     if not arch.get("scale") and guess_scale(path):
         arch["scale"] = guess_scale(path)
     return arch
@@ -921,7 +910,7 @@ def load(request) -> tuple[UltralyticsModel, dict]:
     if request.weights is not None:
         obj = load_pickle(request.weights)
         if isinstance(obj, dict) and obj.get("model") is not None and not isinstance(obj.get("model"), dict):
-            ckpt = load_checkpoint(request.weights)
+            ckpt = load_checkpoint(request.weights, obj)  # unpickled once
             _check_checkpoint(ckpt, request.weights)
             state, names, nc = ckpt.state_dict, names or ckpt.names, nc or ckpt.nc
             # A full checkpoint brings its architecture; `arch` (a spec's default for random-weight runs)

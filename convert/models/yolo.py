@@ -258,20 +258,40 @@ def load_arch(name_or_path: str | Path) -> dict:
     Raises:
         ConvertError: Unknown name, unreadable file, or not a YAML mapping.
     """
+    return read_arch_file(name_or_path, builtin_archs(), "architecture", "a YOLOv5 model .yaml file",
+                          "it needs nc, depth_multiple, width_multiple, anchors, backbone and head.")[0]
+
+
+def read_arch_file(name_or_path: str | Path, builtins: list[str], what: str, kind: str,
+                   needs: str) -> tuple[dict, Path]:
+    """Reads a model-YAML architecture by built-in name or path (every architecture module's loader).
+
+    Args:
+        name_or_path: One of ``builtins`` (a file in :data:`ARCH_DIR`), or a ``.yaml`` path.
+        builtins: The module's built-in names.
+        what: Named in the unknown-name error ("architecture", "ultralytics architecture").
+        kind: What a path should be, for the hint.
+        needs: Hint for a file that is not a mapping.
+
+    Returns:
+        The architecture dict and the file it came from.
+
+    Raises:
+        ConvertError: Unknown name, unreadable file, or not a YAML mapping.
+    """
     path = Path(name_or_path)
-    if str(name_or_path) in builtin_archs():
+    if str(name_or_path) in builtins:
         path = ARCH_DIR / f"{name_or_path}.yaml"
     elif not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        raise ConvertError(f"unknown architecture {str(name_or_path)!r}",
-                           hint=f"use one of {', '.join(builtin_archs())} or a path to a YOLOv5 model .yaml file.")
+        raise ConvertError(f"unknown {what} {str(name_or_path)!r}",
+                           hint=f"use one of {', '.join(builtins)} or a path to {kind}.")
     try:
         arch = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConvertError(f"cannot read architecture {path}: {e}", hint="fix the YAML syntax.") from None
     if not isinstance(arch, dict):
-        raise ConvertError(f"architecture {path} is not a YAML mapping",
-                           hint="it needs nc, depth_multiple, width_multiple, anchors, backbone and head.")
-    return arch
+        raise ConvertError(f"architecture {path} is not a YAML mapping", hint=needs)
+    return arch, path
 
 
 def _resolve_arg(a: Any, arch: dict, nc: int) -> Any:
