@@ -317,11 +317,12 @@ class Checkpoint:
     attrs: dict = field(default_factory=dict)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, obj: Any = None) -> Checkpoint:
     """Reads a YOLOv5 (or YOLO-Pose) or ultralytics checkpoint: ``{"model": Model, ...}``.
 
     Args:
         path: The ``.pt`` file.
+        obj: Its content, when the caller has already unpickled it (:func:`load_pickle`).
 
     Returns:
         The checkpoint's architecture, names, strides and float32 state dict.
@@ -330,7 +331,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         ConvertError: The file is unreadable, dangerous, or holds no YOLOv5 model.
     """
     path = Path(path)
-    obj = load_pickle(path)
+    obj = load_pickle(path) if obj is None else obj
     model = None
     if isinstance(obj, dict):
         model = obj.get("model") if obj.get("model") is not None else obj.get("ema")
