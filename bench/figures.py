@@ -118,7 +118,7 @@ def run_cli(argv: list[str], env: dict[str, str]) -> tuple[int, float, str]:
 
 
 def print_table(version: Path) -> None:
-    from convert.report import load_version, model_rows
+    from passes.report.render import load_version, model_rows
 
     data = load_version(version)
     rows = model_rows(data)

@@ -167,52 +167,45 @@ def _type_name(ann, metadata=()) -> str:
 
 def cmd_versions(args) -> int:
     """List published versions (of one spec name, or of all)."""
+    from convert import versions
+
     _, arts = _dirs(args)
-    names = [args.name] if args.name else sorted(p.name for p in arts.iterdir() if p.is_dir()) if arts.is_dir() else []
-    for name in names:
-        base = arts / name
-        latest = os.readlink(base / "latest") if (base / "latest").is_symlink() else None
-        versions = sorted((p for p in base.glob("*") if (p / "manifest.json").is_file() and not p.is_symlink()),
-                          key=lambda p: p.stat().st_mtime)
-        for v in versions:
-            m = json.loads((v / "manifest.json").read_text())
-            mark = "  (latest)" if v.name == latest else ""
-            print(f"{name}/{v.name}  {m['created']}  {len(m['stages'])} stages{mark}")
+    for name in [args.name] if args.name else versions.spec_names(arts):
+        latest = versions.latest(arts, name)
+        for v in versions.list_versions(arts, name):
+            mark = "  (latest)" if v.path.name == latest else ""
+            print(f"{v.title}  {v.manifest.get('created', '?')}  {len(v.stages)} stages{mark}")
     return 0
 
 
-def _version_path(args) -> Path:
+def _version_path(args, target: str | None = None) -> Path:
+    from convert import versions
+
     _, arts = _dirs(args)
-    p = Path(args.target)
-    if p.is_dir():
-        return p
-    name, _, version = args.target.partition("/")
-    p = arts / name / (version or "latest")
-    if not p.exists():
-        raise ConvertError(f"no published version {args.target!r} under {arts}.",
-                           hint="`convert versions` lists them; give NAME, NAME/VERSION or a path.")
-    return p
+    return versions.resolve(arts, target or args.target)
 
 
 def cmd_show(args) -> int:
     """Show a published version's manifest (NAME, NAME/VERSION or a path)."""
-    path = _version_path(args)
-    m = json.loads((path / "manifest.json").read_text())
-    print(f"{m['spec']}/{m['version']}  created {m['created']} on {m['host']['hostname']}")
-    for name, s in m["stages"].items():
-        status = s.get("status")
-        print(f"  {name:<16} {s['pass']:<16} {status:<8} {(s.get('output') or '')[:12]}  {s.get('seconds', 0)}s")
-        for f in m["files"].get(name, {}):
+    from convert import versions
+
+    v = versions.read(_version_path(args))
+    print(f"{v.title}  created {v.manifest.get('created', '?')} on {v.manifest.get('host', {}).get('hostname', '?')}")
+    for name in v.stage_order():
+        s = v.stages[name]
+        print(f"  {name:<16} {s['pass']:<16} {s.get('status', '?'):<8} {(s.get('output') or '')[:12]}  "
+              f"{s.get('seconds', 0)}s")
+        for f in v.manifest.get("files", {}).get(name, {}):
             print(f"      {name}/{f}")
     return 0
 
 
 def cmd_verify(args) -> int:
     """Re-hash a published version's files against its manifest."""
-    from convert.manager import verify_version
+    from convert import versions
 
     path = _version_path(args)
-    problems = verify_version(path)
+    problems = versions.verify(path)
     if problems:
         for p in problems:
             print(p, file=sys.stderr)
@@ -224,23 +217,12 @@ def cmd_verify(args) -> int:
 
 def cmd_gc(args) -> int:
     """Clean the store: remove leftovers of killed runs and every object no published version uses."""
+    from convert import versions
     from convert.store import Store
 
     store_dir, arts = _dirs(args)
-    keep: set[str] = set()
-    if not args.all:
-        for manifest in arts.glob("*/*/manifest.json") if arts.is_dir() else []:
-            for s in json.loads(manifest.read_text())["stages"].values():
-                if s.get("output"):
-                    keep.add(s["output"])
-    counts = Store(store_dir).gc(keep)
-    from convert.store import _alive, _rmtree
-
-    # half-published versions of killed runs (a live run's own stays)
-    for tmp in arts.glob("*/.tmp-*") if arts.is_dir() else []:
-        if tmp.is_dir() and not _alive(tmp.name.split("-")[1] if tmp.name.count("-") >= 2 else ""):
-            _rmtree(tmp)
-            counts["tmp"] += 1
+    counts = Store(store_dir).gc(set() if args.all else versions.used_objects(arts))
+    counts["tmp"] += versions.remove_leftovers(arts)
     print(f"removed {counts['tmp']} temporary dirs, {counts['entries']} cache entries, {counts['objects']} objects")
     return 0
 
@@ -253,15 +235,19 @@ def cmd_report(args) -> int:
     `convert report A B` writes a side-by-side comparison of two versions into --output
     (default: the current directory) and prints its Markdown.
     """
-    from convert.report import load_version, write_comparison, write_report
+    from convert import registry
 
     if len(args.targets) > 2:
         raise ConvertError(f"`convert report` takes one version, or two to compare; got {len(args.targets)}.")
-    paths = [_version_path(argparse.Namespace(**{**vars(args), "target": t})) for t in args.targets]
+    paths = [_version_path(args, t) for t in args.targets]
+    render = registry.renderer("version" if len(paths) == 1 else "comparison")
+    if render is None:
+        raise ConvertError("no report renderer is installed.",
+                           hint="install the project (pip install -e .), which registers the built-in one.")
     if len(paths) == 1:
-        md, page = write_report(load_version(paths[0]), Path(args.output) if args.output else paths[0])
+        md, page = render(paths[0], Path(args.output) if args.output else paths[0])
     else:
-        md, page = write_comparison(load_version(paths[0]), load_version(paths[1]), Path(args.output or "."))
+        md, page = render(paths[0], paths[1], Path(args.output or "."))
         print(md.read_text())
     print(f"wrote {md} and {page}")
     return 0

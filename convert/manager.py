@@ -23,11 +23,12 @@ from importlib.metadata import version as dist_version
 from pathlib import Path
 from typing import Any, Callable
 
-from convert.base import ARTIFACT_JSON, Artifact, PassResult, RunContext
+from convert import versions
+from convert.base import ARTIFACT_JSON, PassResult, RunContext
 from convert.errors import BackendMissing, ConvertError, PassError
 from convert.lockfile import Lockfile, why_key_changed
 from convert.spec import Spec, Stage, input_files
-from convert.store import Store, _hash_file, _rmtree, atomic_write, canonical_json, link_tree, sha256_json
+from convert.store import Store, atomic_write, canonical_json, sha256_json
 
 LOCK_SUFFIX = ".lock"
 KEY_SCHEMA = 1  # bump when the key material's layout changes
@@ -441,49 +442,33 @@ class Manager:
     def _publish(self, report: RunReport, update_latest: bool) -> None:
         built = [s for s in report.stages if s.status != "skipped"]
         report.version = sha256_json([[s.name, s.digest] for s in built])[:12]
-        base = self.artifacts_dir / self.spec.name
-        dest = base / report.version
-        report.published = dest
-        if not dest.exists():
-            base.mkdir(parents=True, exist_ok=True)
-            import tempfile
+        manifest = {
+            "spec": self.spec.name, "version": report.version, "spec_file": str(self.spec.path),
+            "stage_order": [s.name for s in report.stages],
+            "spec_written": self.spec.public.get("written"),
+            "overrides": self.spec.public.get("overrides", []),
+            "stage_configs": self.spec.public.get("stages", {}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
+                     "python": sys.version.split()[0], "cpus": os.cpu_count()},
+            "stages": {s.name: {**s.lock_entry(), "status": s.status, "seconds": round(s.seconds, 3),
+                                "summary": s.summary} for s in report.stages},
+        }
+        report.published = versions.publish(
+            self.artifacts_dir, manifest, {s.name: self.store.object_path(s.digest) for s in built},
+            update_latest, finish=self._render_report)
 
-            tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{os.getpid()}-"))  # gc knows its owner
-            try:
-                for s in built:
-                    link_tree(self.store.object_path(s.digest), tmp / s.name)
-                manifest = {
-                    "spec": self.spec.name, "version": report.version, "spec_file": str(self.spec.path),
-                    "stage_order": [s.name for s in report.stages],
-                    "spec_written": self.spec.public.get("written"),
-                    "overrides": self.spec.public.get("overrides", []),
-                    "stage_configs": self.spec.public.get("stages", {}),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "host": {"hostname": socket.gethostname(), "platform": platform.platform(),
-                             "python": sys.version.split()[0], "cpus": os.cpu_count()},
-                    "stages": {s.name: {**s.lock_entry(), "status": s.status, "seconds": round(s.seconds, 3),
-                                        "summary": s.summary} for s in report.stages},
-                    "files": {s.name: _file_list(tmp / s.name) for s in built},
-                }
-                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-                os.rename(tmp, dest)
-            except OSError:
-                _rmtree(tmp)
-                if not dest.exists():  # else a concurrent run published the same version first
-                    raise
-            except BaseException:
-                _rmtree(tmp)
-                raise
-        if update_latest:
-            link = base / "latest"
-            tmp_link = base / f".latest-{os.getpid()}"
-            tmp_link.unlink(missing_ok=True)
-            tmp_link.symlink_to(report.version)
-            os.replace(tmp_link, link)
+    def _render_report(self, version_dir: Path) -> None:
+        """Writes the version's report.html/.md (its failure costs the report, not the version)."""
+        from convert import registry
 
-
-def _file_list(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): _hash_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+        try:
+            render = registry.renderer("version")
+            if render is not None:
+                render(version_dir, version_dir)
+        except (ImportError, ConvertError, ValueError, KeyError, TypeError) as e:
+            self.log(f"warning: the version's report was not rendered ({type(e).__name__}: {e}); "
+                     "`convert report NAME/VERSION` renders it.")
 
 
 def _short(summary: dict[str, Any]) -> str:
@@ -494,35 +479,3 @@ def _short(summary: dict[str, Any]) -> str:
         elif isinstance(v, (int, str)) and len(str(v)) < 40:
             parts.append(f"{k}={v}")
     return " ".join(parts[:6])
-
-
-def verify_version(path: Path) -> list[str]:
-    """Re-hashes a published version against its manifest.
-
-    Returns:
-        Problems found (empty when the version is intact).
-    """
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
-        raise ConvertError(f"{path} is not a published version (no manifest.json).",
-                           hint="use `convert versions` to list published versions.")
-    manifest = json.loads(manifest_path.read_text())
-    problems = []
-    for stage, files in manifest["files"].items():
-        for rel, digest in files.items():
-            f = path / stage / rel
-            if not f.is_file():
-                problems.append(f"{stage}/{rel}: missing")
-            elif _hash_file(f) != digest:
-                problems.append(f"{stage}/{rel}: content changed")
-        for f in (path / stage).rglob("*") if (path / stage).is_dir() else []:
-            if f.is_file() and f.relative_to(path / stage).as_posix() not in files:
-                problems.append(f"{stage}/{f.relative_to(path / stage).as_posix()}: not in the manifest")
-    return problems
-
-
-def open_artifact(path: Path) -> Artifact:
-    """Opens a published stage directory (or a store object) as an artifact."""
-    from convert.store import tree_digest
-
-    return Artifact.open(path, tree_digest(path))

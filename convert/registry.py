@@ -78,3 +78,17 @@ def get_pass(name: str, where: str = "") -> type[Pass]:
             hint = "no pass is registered: install the project (pip install -e .), which registers the built-ins."
         raise SpecError(f"{where}unknown pass {name!r} (known: {', '.join(known) or 'none'}).", hint=hint)
     return _load(eps[name])
+
+
+RENDERER_GROUP = "convert.renderers"
+
+
+def renderer(name: str):
+    """The report renderer registered as ``name`` (``version`` or ``comparison``), or None.
+
+    Reports are rendered by the report pass's package, which the engine reaches only through
+    this entry point, so the engine imports no pass and a missing renderer costs only the report.
+    """
+    eps = sorted((ep for ep in entry_points(group=RENDERER_GROUP) if ep.name == name),
+                 key=lambda ep: not ep.value.startswith("passes."))
+    return eps[0].load() if eps else None

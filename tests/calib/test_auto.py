@@ -176,7 +176,7 @@ def test_pick_prefers_the_first_listed_within_the_margin_of_the_best():
 
 
 def test_report_shows_the_choice_and_every_candidate(tmp_path, detector):
-    from convert.report import RunData, _blocks, render_markdown
+    from passes.report.render import RunData, _blocks, render_markdown
 
     data = square_dataset(tmp_path / "ds")
     _, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90,

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from convert.errors import ConvertError
-from convert.manager import Manager, key_material, lockfile_path, verify_version
+from convert.manager import Manager, key_material, lockfile_path
 from convert.spec import load_spec
 from convert.store import Store
+from convert.versions import verify as verify_version
 
 import toy_passes  # noqa: F401
 
@@ -287,7 +288,8 @@ def test_gc_during_a_build_leaves_what_the_build_owns(tmp_path):
 
 def test_cold_rebuilds_in_fresh_stores_publish_identical_files(tmp_path, monkeypatch):
     """Export, simplify, calibration, quantization and post-processing are deterministic: two cold
-    builds publish byte-identical files (the manifest, which records timings, aside), and --frozen
+    builds publish byte-identical stage files (the manifest and the version's report, which record
+    timings, aside), and --frozen
     with the first build's lockfile passes on a third, fresh store."""
     pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
@@ -309,8 +311,11 @@ def test_cold_rebuilds_in_fresh_stores_publish_identical_files(tmp_path, monkeyp
 
     first, second = build("s1"), build("s2")
     files = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*"))
-                          if p.is_file() and p.name != "manifest.json"}
+                          if p.is_file() and p.parent != root}
     a, b = files(first.published), files(second.published)
+    top = {p.name for p in first.published.iterdir() if p.is_file()}
+    assert {"manifest.json", "report.html", "report.md"} <= top
+    assert all(n.startswith(("manifest", "report")) for n in top)
     assert len(a) >= 14 and a.keys() == b.keys()
     assert [str(k) for k in a if a[k] != b[k]] == []
     assert first.version == second.version

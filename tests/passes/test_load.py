@@ -140,7 +140,7 @@ def test_ultralytics_pose_end_to_end_onnx_equals_the_torch_model(tmp_path, monke
     """))
     with pytest.warns(UserWarning, match="randomly initialised"):
         rep = Manager(load_spec("s.yaml"), Store(tmp_path / "st"), tmp_path / "a", progress=False).run()
-    from convert.manager import open_artifact
+    from convert.versions import open_artifact
 
     e2e, torch_art = open_artifact(rep.published / "postprocess"), open_artifact(rep.published / "load")
     meta = e2e.meta

@@ -14,11 +14,12 @@ from convert import postprocess as pp
 from convert.base import Artifact, RunContext
 from convert.errors import PassError, SpecError
 from convert.graph.reference import run_with_references
-from convert.manager import Manager, open_artifact
+from convert.manager import Manager
 from convert.onnxutil import ort_session
 from convert.preprocess import DEFAULT_PREPROCESS, preprocess
 from convert.spec import load_spec
 from convert.store import Store
+from convert.versions import open_artifact
 from passes.postprocess import Postprocess, PostprocessConfig
 
 from synthetic import synthetic_head, synthetic_model

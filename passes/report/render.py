@@ -1,4 +1,4 @@
-"""Run reports: what was built and how well it does, as Markdown and a self-contained HTML page.
+"""Report rendering: what was built and how well it does, as Markdown and a self-contained HTML page.
 
 A report gathers the figures of a run — ``metrics`` artifacts written by the ``evaluate``,
 ``benchmark`` and ``compare`` passes — and, when generated from a published version, its
@@ -11,8 +11,8 @@ A report gathers the figures of a run — ``metrics`` artifacts written by the `
 * per-class AP, and notes on how the figures were measured.
 
 The ``report`` pass renders one from its inputs (timings are not known yet while the run is
-going); ``convert report NAME[/VERSION]`` renders it from the published version with timings,
-and ``convert report A B`` puts two versions side by side.
+going); every published version gets one rendered from its manifest, with timings (again with
+``convert report NAME[/VERSION]``), and ``convert report A B`` puts two versions side by side.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convert import versions
 from convert.base import ARTIFACT_JSON
-from convert.errors import ConvertError
 from convert.evaluation import METRICS
 
 MODEL_KINDS = ("torch", "onnx", "openvino", "tensorrt")
@@ -62,24 +62,20 @@ class RunData:
 
 
 def load_version(path: Path) -> RunData:
-    """Reads a published version directory (``artifacts/<spec>/<version>/``).
+    """Reads a published version folder (``artifacts/<spec>/<version>/``).
 
     Raises:
-        ConvertError: The directory has no manifest.
+        ConvertError: The folder is not a published version.
     """
-    path = Path(path)
-    mpath = path / "manifest.json"
-    if not mpath.is_file():
-        raise ConvertError(f"{path} is not a published version (no manifest.json).",
-                           hint="`convert versions` lists published versions.")
-    manifest = json.loads(mpath.read_text())
-    data = RunData(f"{manifest['spec']}/{manifest['version']}", manifest=manifest)
-    for name in stage_order(manifest):
+    v = versions.read(path)
+    manifest = v.manifest
+    data = RunData(v.title, manifest=manifest)
+    for name in v.stage_order():
         stage = manifest["stages"][name]
         if stage.get("output"):
             data.stage_of[stage["output"]] = name
-        sdir = path / name
-        if stage.get("status") == "skipped" or not (sdir / ARTIFACT_JSON).is_file():
+        sdir = v.stage_dir(name)
+        if stage.get("status") == "skipped" or sdir is None or not (sdir / ARTIFACT_JSON).is_file():
             continue
         art = json.loads((sdir / ARTIFACT_JSON).read_text())
         if art["kind"] == "metrics":
@@ -326,8 +322,8 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
                                    [[n, s["pass"], s.get("status", "?"), f"{float(s.get('seconds', 0)):.2f}",
                                      s.get("skipped") or _short(s.get("summary", {}))] for n, s in stages.items()]))]
     else:
-        blocks.append(("p", "Per-pass timings and cache hits are known only once the run is published: "
-                            "`convert report NAME/VERSION` regenerates this report with them."))
+        blocks.append(("p", "Per-pass timings and cache hits are known only once the run is published: the "
+                            "version's own report.html (beside its manifest.json) has them."))
 
     per_class = _per_class_table(evals, "per_class")
     if per_class:
@@ -341,18 +337,8 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
 
 
 def stage_order(manifest: dict[str, Any]) -> list[str]:
-    """The stages of a manifest in an order where each comes after its inputs.
-
-    The manifest is written with sorted keys, so the spec's order is gone; stages become ready
-    once their inputs are placed, and ready ones are taken alphabetically.
-    """
-    stages = manifest["stages"]
-    deps = {n: {d for names in s.get("inputs", {}).values() for d in names if d in stages} for n, s in stages.items()}
-    order: list[str] = []
-    while len(order) < len(stages):
-        ready = sorted(n for n in stages if n not in order and deps[n] <= set(order))
-        order.append(ready[0] if ready else sorted(set(stages) - set(order))[0])
-    return order
+    """The stages of a manifest in run order."""
+    return versions.Version(Path("."), manifest).stage_order()
 
 
 def _load(load: dict[str, Any]) -> str:
@@ -434,6 +420,10 @@ def _pyplot():
 
 
 def _plots(data: RunData, rows: list[dict[str, Any]]) -> list[Plot]:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # tables only (the `eval` extra brings the plots)
+        return []
     plots = []
     acc = _accuracy_latency(rows, [data.title])
     if acc:

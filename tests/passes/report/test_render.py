@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from convert.base import Artifact, RunContext
-from convert.report import comparison_blocks, from_records, load_version, model_rows, stage_order, write_report
+from passes.report.render import comparison_blocks, from_records, load_version, model_rows, stage_order, write_report
 
 
 def info(kind, precision, backend, digest, size=1_000_000):
@@ -138,7 +138,7 @@ def test_report_pass_renders_from_metrics_artifacts(tmp_path):
     out.mkdir()
     res = Report(ReportConfig(title="yolo")).run({"metrics": arts}, out, RunContext("report", progress=False))
     page = (out / res.main).read_text()
-    assert res.main == "report.html" and "Report: yolo" in page and "convert report NAME/VERSION" in page
+    assert res.main == "report.html" and "Report: yolo" in page and "report.html (beside its manifest.json)" in page
     assert "<td>onnx/int8</td>" in page  # no manifest: models are named by kind/precision
     assert from_records(records()).artifacts[0]["label"] == "onnx/fp32@onnxruntime"
 
@@ -165,6 +165,10 @@ def test_cli_report_on_a_real_run_and_two_versions(cli, tmp_path):
     versions = [p for p in (tmp_path / "artifacts" / "r").glob("*/manifest.json") if p.parent.name != "latest"]
     first, second = sorted(versions, key=lambda p: p.stat().st_mtime)
     assert (first.parent / "report" / "report.html").is_file()  # every version carries the pass's report
+    # ... and its own, rendered at publishing from the manifest: timings and cache hits included
+    published = (second.parent / "report.html").read_text()
+    assert "6 stages, 4 cache hits" in published and 'alt="Per-pass time"' in published
+    (second.parent / "report.html").unlink()
     code, out, _ = cli("report", "r")
     assert code == 0 and "report.html" in out
     page = (second.parent / "report.html").read_text()
