@@ -37,8 +37,16 @@ def _manager(args, spec, log=None):
 
     store, arts = _dirs(args, spec)
     trust = getattr(args, "trust_code", False) or os.environ.get("CONVERT_TRUST_CODE", "") == "1"
-    return Manager(spec, Store(store), arts, log=log or (lambda s: None),
+    return Manager(spec, Store(store, remote=_remote(args, spec)), arts, log=log or (lambda s: None),
                    progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust)
+
+
+def _remote(args, spec=None):
+    """The remote cache: --remote, $CONVERT_REMOTE, the spec's store.remote or the team config file."""
+    from convert.remote import resolve
+
+    return resolve(getattr(args, "remote", None), spec.remote if spec is not None else None,
+                   no_push=getattr(args, "no_push", False))
 
 
 def cmd_run(args) -> int:
@@ -79,7 +87,7 @@ def cmd_plan(args) -> int:
                            "reason": r.reason} for r in plan], indent=1))
         return 0
     for r in plan:
-        state = {"cached": "cached", "skipped": "skipped"}.get(r.status, "will run")
+        state = {"cached": "cached", "skipped": "skipped", "remote": "remote"}.get(r.status, "will run")
         shown = r.status == "skipped" or any(w in (r.reason or "") for w in ("will fail", "changed since"))
         why = f"  ({r.reason})" if r.reason and shown else ""
         print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]:<12}{why}")
@@ -245,6 +253,44 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    """Push a published version (NAME, NAME/VERSION or a path) to the remote cache: every stage's
+    output and cache entry, then its manifest, so `convert pull` (or any run of the same spec) gets it."""
+    from convert.remote import push_version
+    from convert.store import Store
+
+    remote = _need_remote(args)
+    path = _version_path(args)
+    store_dir, _ = _dirs(args)
+    n = push_version(path, remote, Store(store_dir))
+    print(f"pushed {path} to {remote.url} ({n} stage(s) written, the others were there)")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    """Pull a version pushed with `convert push` (NAME/VERSION) into the store and publish it here."""
+    from convert.remote import pull_version
+    from convert.store import Store
+
+    remote = _need_remote(args)
+    name, _, version = args.target.partition("/")
+    if not name or not version:
+        raise ConvertError(f"`convert pull` needs NAME/VERSION, got {args.target!r}.",
+                           hint="the version is printed by `convert push` and `convert versions` where it was built.")
+    store_dir, arts = _dirs(args)
+    path = pull_version(remote, name, version, arts, Store(store_dir, remote=remote))
+    print(f"pulled {path}")
+    return 0
+
+
+def _need_remote(args):
+    remote = _remote(args)
+    if remote is None:
+        raise ConvertError("no remote cache is set.", hint="give --remote URL, set $CONVERT_REMOTE, or `remote:` in "
+                           ".convert/config.yaml.")
+    return remote
+
+
 def cmd_report(args) -> int:
     """Write a version's report (Markdown + self-contained HTML), or compare two versions.
 
@@ -286,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the spec file{f' (default: {DEFAULT_SPEC})' if optional else ''}")
         sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. model.weights=PATH")
 
+    def remote_args(sp, push=True):
+        sp.add_argument("--remote", metavar="URL", help="shared remote cache: s3://BUCKET/PREFIX, gs://, az://, "
+                        "file:///PATH, https://... (read-only); `none` for none (default: $CONVERT_REMOTE, the "
+                        "spec's store.remote, `remote:` in .convert/config.yaml)")
+        if push:
+            sp.add_argument("--no-push", action="store_true", help="pull from the remote, but push nothing to it")
+
     sp = add("run", cmd_run)
     spec_args(sp, optional=True)
     sp.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if cached (repeatable)")
@@ -296,12 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("--trust-code", action="store_true", help="allow stages that import or load code the spec "
                     "names (source: python factories, TensorRT plugin libraries); also CONVERT_TRUST_CODE=1")
+    remote_args(sp)
     sp = add("validate", cmd_validate)
     spec_args(sp, optional=True)
     sp = add("plan", cmd_plan)
     spec_args(sp, optional=True)
     sp.add_argument("--force", action="append", metavar="STAGE")
     sp.add_argument("--json", action="store_true")
+    remote_args(sp, push=False)
+    for name, fn in (("push", cmd_push), ("pull", cmd_pull)):
+        sp = add(name, fn)
+        sp.add_argument("target", help="NAME/VERSION (push also takes NAME, for its latest, or a version directory)")
+        remote_args(sp, push=False)
     sp = add("passes", cmd_passes)
     sp.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     sp.add_argument("name", nargs="?")

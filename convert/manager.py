@@ -105,7 +105,7 @@ class StageRecord:
 
     name: str
     pass_name: str
-    status: str  # "cached", "ran", "skipped", "pending" (plan only)
+    status: str  # "cached", "remote" (pulled from the remote cache), "ran", "skipped", "pending" (plan only)
     key: str | None = None
     digest: str | None = None
     seconds: float = 0.0
@@ -221,6 +221,8 @@ class Manager:
     def plan(self, force: set[str] = frozenset()) -> list[StageRecord]:
         """Says which stages are cached, which would run and which would be skipped, without running
         anything; skips follow the same rules as :meth:`run` (skipped inputs, missing optional backends)."""
+        if self.store.remote is not None:
+            self.store.remote.check()
         done: dict[str, StageRecord] = {}
         out = []
         try:
@@ -236,9 +238,11 @@ class Manager:
                                   reason="an input will be rebuilt")
             else:
                 rec = self._key(dataclasses.replace(stage, inputs=self._bound(stage, done)), done)
-                entry = None if stage.name in force else self.store.lookup(rec.key)
+                entry = None if stage.name in force else self.store.lookup(rec.key, pull=False)
                 if entry:
                     rec.status, rec.digest = "cached", entry["digest"]
+                elif stage.name not in force and (entry := self.store.remote_entry(rec.key)):
+                    rec.status, rec.digest = "remote", entry["digest"]  # would be pulled
                 want = locked.get(stage.name)
                 if want and want.get("key") and want["key"] != rec.key:
                     rec.reason = f"changed since the lockfile: {why_key_changed(want, rec.lock_entry())}"
@@ -285,6 +289,8 @@ class Manager:
             GateFailed: An accuracy gate failed (after publishing).
         """
         self._check_trust()
+        if self.store.remote is not None:
+            self.store.remote.check()
         with self.store.live_run():  # `convert gc` meanwhile leaves what this run builds
             return self._run(force, until, frozen)
 
@@ -349,7 +355,10 @@ class Manager:
                     rec.status = "ran"
                     rec.digest, rec.summary = self._execute(stage, done, rec)
         if entry is not None:
-            rec.status, rec.digest, rec.summary = "cached", entry["digest"], entry.get("summary", {})
+            rec.status, rec.digest, rec.summary = ("remote" if entry.get("pulled") else "cached",
+                                                   entry["digest"], entry.get("summary", {}))
+            if rec.status == "cached":
+                self.store.share(rec.key)
         rec.seconds = time.perf_counter() - t0
         return rec
 

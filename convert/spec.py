@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from convert.base import Input, InputFile, Pass, PassConfig
-from convert.errors import SpecError
+from convert.errors import ConvertError, SpecError
 
 STAGE_KEYS = {
     "pass": "name of the pass to run (default: the stage name)",
@@ -66,6 +66,8 @@ class Spec:
     resolved: dict[str, Any]
     store: Path | None = None
     artifacts: Path | None = None
+    remote: str | None = None
+    """``store.remote``: the shared remote cache URL (see :mod:`convert.remote`)."""
     public: dict[str, Any] = field(default_factory=dict)
     """What a manifest may record: the spec file as written, the overrides, each stage's parameters
     resolved with environment values left as their ``${oc.env:...}`` interpolation."""
@@ -405,8 +407,22 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
             fail(key, f"expected a directory path, found {v!r}.")
         return Path(v) if v else None
 
+    store, remote = resolved.get("store"), None
+    if isinstance(store, dict):  # store: {path: DIR, remote: URL}
+        from convert.remote import check_url
+
+        for k in store:
+            if k not in ("path", "remote"):
+                fail(f"store.{k}", "unknown key (allowed: path, remote).",
+                     hint="store: DIR, or store: {path: DIR, remote: s3://BUCKET/PREFIX}.")
+        if store.get("remote") is not None:
+            try:
+                remote = check_url(store["remote"], "store.remote")
+            except ConvertError as e:
+                fail("store.remote", e.message.split(": ", 1)[-1], hint=e.hint)
+        resolved = {**resolved, "store": store.get("path")}
     return Spec(name=name, path=path, stages=stages, resolved=resolved, store=_opt_path("store"),
-                artifacts=_opt_path("artifacts"))
+                artifacts=_opt_path("artifacts"), remote=remote)
 
 
 def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassConfig:
