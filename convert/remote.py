@@ -187,9 +187,9 @@ class Remote:
             return
         fs = self.fs
         try:
-            if self.read_only:
+            if self.read_only:  # a 404 is an answer; info() would hide a refused connection as one
                 try:
-                    fs.info(self._path("cache") + "/")
+                    fs.cat_file(self._path("cache", "0" * 64 + ".json"))
                 except FileNotFoundError:
                     pass
             elif self._local:
