@@ -173,6 +173,7 @@ class Remote:
         return self._fs
 
     def _path(self, *parts: str) -> str:
+        self.fs  # noqa: B018 (connecting sets the root)
         if self.read_only:  # HTTPFileSystem takes full URLs
             return "/".join([self.url, *parts])
         return "/".join([self._root, *parts]) if self._root else "/".join(parts)
