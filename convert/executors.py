@@ -25,9 +25,17 @@ if TYPE_CHECKING:
 _TASK = None
 
 
-def _run_stage_task(mgr: Manager, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
-    """What a Ray worker runs: one stage, exactly as the local executor runs it."""
-    return mgr._run_stage(stage, done, forced)
+def _run_stage_task(mgr: Manager, stage: Stage, done: dict[str, StageRecord], forced: bool,
+                    cwd: str) -> StageRecord:
+    """What a Ray worker runs: one stage, exactly as the local executor runs it, in the driver's working
+    folder where the node has it (a spec's relative paths mean the same there)."""
+    before = os.getcwd()
+    if os.path.isdir(cwd):
+        os.chdir(cwd)
+    try:
+        return mgr._run_stage(stage, done, forced)
+    finally:
+        os.chdir(before)
 
 
 def _task():
@@ -119,7 +127,7 @@ class RayExecutor:
                             yield rec
                             continue
                         ref = _task().options(**ray_options(stage.resources)).remote(
-                            mgr_ref, stage, {n: done[n] for n in deps}, forced)
+                            mgr_ref, stage, {n: done[n] for n in deps}, forced, os.getcwd())
                         running[ref] = stage.name
                 if not running:
                     break
