@@ -56,7 +56,8 @@ def compare(a: Path, b: Path) -> list[str]:
     """Files that differ between two published versions (manifest.json excepted)."""
     files_a = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
     files_b = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
-    diffs = [f"only in A: {f}" for f in sorted(files_a - files_b)] + [f"only in B: {f}" for f in sorted(files_b - files_a)]
+    diffs = [f"only in A: {f}" for f in sorted(files_a - files_b)]
+    diffs += [f"only in B: {f}" for f in sorted(files_b - files_a)]
     for f in sorted(files_a & files_b):
         if f != "manifest.json" and not filecmp.cmp(a / f, b / f, shallow=False):
             diffs.append(f"differs: {f}")

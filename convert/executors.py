@@ -92,7 +92,8 @@ class RayExecutor:
             ray.init(**kwargs)
         except Exception as e:  # ConnectionError, TimeoutError, RuntimeError... depending on what failed
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray instance"
-            raise ConvertError(f"cannot connect to {where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+            why = str(e).splitlines()[0] if str(e) else ""
+            raise ConvertError(f"cannot connect to {where}: {type(e).__name__}: {why}",
                                hint="check --address (ray://HOST:10001 or HOST:6379) and that the cluster is up "
                                "(`ray status`), or run without --executor ray.") from None
 

@@ -165,8 +165,8 @@ class Remote:
             except ImportError as e:
                 pkg = KNOWN.get(self.scheme) or str(e).split()[-1]
                 raise ConvertError(f"remote {_safe(self.url)}: the {self.scheme}:// backend needs {pkg!r}, which "
-                                   "is not installed.", hint=f'pip install {pkg} (s3: pip install "convert[remote]").') \
-                    from None
+                                   "is not installed.",
+                                   hint=f'pip install {pkg} (s3: pip install "convert[remote]").') from None
             except (ValueError, TypeError) as e:
                 raise ConvertError(f"remote {_safe(self.url)}: {e}.", hint=URL_HINT) from None
             self._root = self._root.rstrip("/")

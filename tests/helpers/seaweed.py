@@ -74,6 +74,7 @@ class SeaweedS3:
                 if p not in ports.values() and p + 10000 not in ports.values():
                     ports[name] = p
                     break
+        self.ports = ports
         self.endpoint = f"http://127.0.0.1:{ports['s3']}"
         cmd = [binary, "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                f"-master.port={ports['master']}", f"-volume.port={ports['volume']}",
@@ -87,6 +88,7 @@ class SeaweedS3:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._remove_sockets()
                 raise RuntimeError(f"weed exited with status {self.proc.returncode}: {self._tail()}")
             if self._ready():
                 return self
@@ -121,6 +123,7 @@ class SeaweedS3:
     def stop(self) -> None:
         """Stops the process this object started (its own process group), and only that one."""
         if self.proc is None or self.proc.poll() is not None:
+            self._remove_sockets()
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -131,6 +134,17 @@ class SeaweedS3:
         except subprocess.TimeoutExpired:  # it drains its volumes slowly; the data dir is thrown away anyway
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=15)
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """Removes the unix sockets weed made in /tmp for this server's ports (named by them)."""
+        import glob
+        import tempfile
+
+        for port in getattr(self, "ports", {}).values():
+            for p in (port, port + 10000):
+                for sock in glob.glob(os.path.join(tempfile.gettempdir(), f"seaweedfs-*-{p}.sock")):
+                    Path(sock).unlink(missing_ok=True)
 
     def __enter__(self) -> SeaweedS3:
         return self.start()
