@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import filecmp
 import functools
-import importlib.util
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -453,3 +453,16 @@ def test_s3_missing_bucket_and_dead_endpoint_are_one_line_errors(cli, tmp_path, 
     code, _, err = run_on(cli, home, "--remote", "s3://convert-test/y")
     assert code == 2 and "cannot be reached" in err and err.count("\n") == 1
     assert s3["AWS_SECRET_ACCESS_KEY"] not in err
+
+
+def test_validate_with_a_remote_imports_no_backend(tmp_path):
+    (tmp_path / "s.yaml").write_text("store: {remote: 's3://bucket/x'}\nstages: {w: {pass: toy_write}}\n")
+    code = ("import sys; sys.path.insert(0, %r); import toy_passes; from convert.cli import main; "
+            "assert main(['validate', 's.yaml']) == 0; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fsspec', 's3fs', 'ray', 'aiohttp', 'botocore')))"
+            % str(HELPERS))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
