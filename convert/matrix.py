@@ -44,11 +44,18 @@ def read_matrix(path: Path) -> dict[str, list[Any]] | None:
 
     from convert.spec import _load_layers
 
+    from omegaconf.errors import OmegaConfBaseException
+
     layers = _load_layers(Path(path))
-    merged = OmegaConf.merge(*[c for _, c in layers])
-    if "matrix" not in merged or merged.matrix is None:
-        return None
-    raw = OmegaConf.to_container(merged.matrix, resolve=False)
+    try:
+        merged = OmegaConf.merge(*[c for _, c in layers])
+        if "matrix" not in merged or merged.matrix is None:
+            return None
+        raw = OmegaConf.to_container(merged.matrix, resolve=False)
+    except OmegaConfBaseException as e:
+        raise SpecError(f"{path}: matrix: {str(e).splitlines()[0]}") from None
+    except ValueError:  # matrix is a scalar: to_container refuses it
+        raw = merged.matrix
     if not isinstance(raw, dict) or not raw:
         raise SpecError(f"{path}: matrix: expected a mapping of key path -> list of values, found {raw!r}.",
                         hint="e.g. matrix: {model.weights: [a.pt, b.pt], quantize.activation_type: [int8, uint8]}")
