@@ -28,7 +28,16 @@ _TASK = None
 def _run_stage_task(mgr: Manager, stage: Stage, done: dict[str, StageRecord], forced: bool,
                     cwd: str) -> StageRecord:
     """What a Ray worker runs: one stage, exactly as the local executor runs it, in the driver's working
-    folder where the node has it (a spec's relative paths mean the same there)."""
+    folder where the node has it (a spec's relative paths mean the same there).
+
+    With a remote cache, a node whose environment sets ``$CONVERT_NODE_STORE`` keeps its own store
+    there (its inputs pulled from the remote, its outputs pushed to it) instead of the driver's path.
+    """
+    node_store = os.environ.get("CONVERT_NODE_STORE")
+    if node_store and mgr.store.remote is not None:
+        from convert.store import Store
+
+        mgr.store = Store(node_store, remote=mgr.store.remote)
     before = os.getcwd()
     if os.path.isdir(cwd):
         os.chdir(cwd)

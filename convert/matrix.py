@@ -41,10 +41,9 @@ def read_matrix(path: Path) -> dict[str, list[Any]] | None:
     """The ``matrix:`` of a spec file (its bases merged), or None. Checked: keys are dotted key paths,
     values non-empty lists."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from convert.spec import _load_layers
-
-    from omegaconf.errors import OmegaConfBaseException
 
     layers = _load_layers(Path(path))
     try:

@@ -23,18 +23,43 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    """A local Ray instance with 2 CPUs whose workers import this checkout and the toy passes."""
+def ray_local(tmp_path_factory):
+    """A local Ray instance with 2 CPUs whose workers import this checkout and the toy passes, and
+    act as other nodes: with a remote cache they keep their own store (``node_store``)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (the `ray` extra)")
     if ray.is_initialized():
         ray.shutdown()
+    node_store = tmp_path_factory.mktemp("node") / "store"
     try:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(HELPERS)])}})
+                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(HELPERS)]),
+                                           "CONVERT_NODE_STORE": str(node_store)}})
     except Exception as e:  # pragma: no cover - depends on the machine
         pytest.skip(f"a local Ray instance did not start: {type(e).__name__}: {e}")
+    ray.node_store = node_store
     yield ray
     ray.shutdown()
+
+
+def test_workers_with_their_own_store_share_through_the_remote(ray_local, tmp_path, monkeypatch):
+    from convert.remote import Remote
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data.txt").write_text("xyz")
+    (tmp_path / "spec.yaml").write_text("stages: {w: {pass: toy_write, with: {text: n, src: data.txt}}, "
+                                        "u: {pass: toy_upper}, v: {pass: toy_upper, with: {times: 3}}}")
+    remote = Remote(str(tmp_path / "remote"))
+    report = Manager(load_spec(tmp_path / "spec.yaml"), Store(tmp_path / "store", remote=remote),
+                     tmp_path / "artifacts", progress=False, executor=RayExecutor()).run()
+    assert [s.status for s in report.stages] == ["ran"] * 3
+    for s in report.stages:  # built in the workers' store, pushed, pulled by the driver to publish
+        assert (ray_local.node_store / "objects" / s.digest / "artifact.json").is_file()
+        assert (tmp_path / "remote" / "objects" / f"{s.digest}.tar").is_file()
+        assert (tmp_path / "store" / "objects" / s.digest / "artifact.json").is_file()
+    assert not (tmp_path / "store" / "cache").exists()  # the driver built nothing itself
+    assert (report.published / "v" / "out.txt").read_text() == "NXYZ" * 3
+    local = Manager(load_spec(tmp_path / "spec.yaml"), Store(tmp_path / "s2"), tmp_path / "a2", progress=False).run()
+    assert local.version == report.version
 
 
 def manager(tmp_path: Path, spec_text: str, **kw) -> Manager:
