@@ -118,6 +118,8 @@ def _slug(v: Any) -> str:
         text = Path(v).stem if ("/" in v or "." in v.strip(".")) and not v.replace(".", "").isdigit() else v
     elif isinstance(v, (int, float, bool)):
         text = str(v)
+    elif isinstance(v, list) and v and all(isinstance(x, (int, float, str)) for x in v):
+        text = "x".join(str(x) for x in v)  # an input size [640, 640]: 640x640
     else:
         from convert.store import sha256_json
 
