@@ -31,7 +31,7 @@ def ray_local(tmp_path_factory):
         ray.shutdown()
     node_store = tmp_path_factory.mktemp("node") / "store"
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 << 20,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(HELPERS)]),
                                            "CONVERT_NODE_STORE": str(node_store)}})
     except Exception as e:  # pragma: no cover - depends on the machine
