@@ -31,28 +31,76 @@ def _load(args):
     return load_spec(args.spec, args.overrides)
 
 
-def _manager(args, spec, log=None):
+def _manager(args, spec, log=None, executor=None):
     from convert.manager import Manager
     from convert.store import Store
 
     store, arts = _dirs(args, spec)
     trust = getattr(args, "trust_code", False) or os.environ.get("CONVERT_TRUST_CODE", "") == "1"
-    return Manager(spec, Store(store), arts, log=log or (lambda s: None),
-                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust)
+    return Manager(spec, Store(store, remote=_remote(args, spec)), arts, log=log or (lambda s: None),
+                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust,
+                   executor=executor)
+
+
+def _remote(args, spec=None):
+    """The remote cache: --remote, $CONVERT_REMOTE, the spec's store.remote or the team config file."""
+    from convert.remote import resolve
+
+    return resolve(getattr(args, "remote", None), spec.remote if spec is not None else None,
+                   no_push=getattr(args, "no_push", False))
+
+
+def _specs(args) -> list:
+    """The spec, or one per combination of its ``matrix:`` (:mod:`convert.matrix`)."""
+    from convert.matrix import expand
+
+    variants = expand(args.spec, args.overrides)
+    return [v.spec for v in variants] if variants is not None else [_load(args)]
+
+
+def _executor(args):
+    if getattr(args, "executor", "local") != "ray":
+        if getattr(args, "address", None):
+            raise ConvertError("--address is for --executor ray.", hint="add --executor ray, or drop --address.")
+        return None
+    from convert.executors import RayExecutor
+
+    return RayExecutor(address=args.address)
 
 
 def cmd_run(args) -> int:
     """Run a spec: cached stages are reused, changed ones and those after them run.
 
     Publishes artifacts/<spec name>/<version>/ with every stage's files and a manifest, points
-    `latest` at it and writes the lockfile beside the spec (<spec>.lock).
+    `latest` at it and writes the lockfile beside the spec (<spec>.lock). A spec with a `matrix:`
+    runs every combination (artifacts/<name>-<values>/, <spec>.<values>.lock; stages equal across
+    combinations are built once) and writes a comparison to artifacts/<name>/matrix-<id>/.
     """
-    spec = _load(args)
+    from convert.matrix import expand
+    from convert.matrix import run as run_matrix
+
     out = sys.stderr if args.json else sys.stdout
-    mgr = _manager(args, spec, log=lambda s: print(s, file=out, flush=True))
+    log = lambda s: print(s, file=out, flush=True)  # noqa: E731
     force = set(args.force or [])
     if args.force_all:
         force.add("*")
+    executor = _executor(args)
+    variants = expand(args.spec, args.overrides)
+    if variants is not None:
+        make = lambda spec: _manager(args, spec, log=log, executor=executor)  # noqa: E731
+        reports, summary = run_matrix(variants, make, log=log, force=force, until=args.until, frozen=args.frozen)
+        if args.json:
+            print(json.dumps({"combinations": [r.to_json() for r in reports],
+                              "summary": str(summary) if summary else None}, indent=1))
+        else:
+            for r in reports:
+                if r.published:
+                    print(f"published {r.published}")
+            if summary:
+                print(f"compared in {summary}/comparison.md")
+        return 0
+    spec = _load(args)
+    mgr = _manager(args, spec, log=log, executor=executor)
     report = mgr.run(force=force, until=args.until, frozen=args.frozen)
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
@@ -63,28 +111,38 @@ def cmd_run(args) -> int:
 
 def cmd_validate(args) -> int:
     """Check a spec (bases, interpolation, overrides, every pass's parameters, files) without running it."""
-    spec = _load(args)
-    print(f"{spec.path}: ok ({len(spec.stages)} stages: {', '.join(s.name for s in spec.stages)})")
-    for name, why in _manager(args, spec).code_stages():
-        print(f"  {name}: needs --trust-code ({why})")
+    for spec in _specs(args):
+        print(f"{spec.path}{f' [{spec.name}]' if spec.variant else ''}: ok ({len(spec.stages)} stages: "
+              f"{', '.join(s.name for s in spec.stages)})")
+        for name, why in _manager(args, spec).code_stages():
+            print(f"  {name}: needs --trust-code ({why})")
     return 0
 
 
 def cmd_plan(args) -> int:
-    """Dry run: say which stages are cached and which would run."""
-    spec = _load(args)
-    plan = _manager(args, spec).plan(force=set(args.force or []))
+    """Dry run: say which stages are cached, which come from the remote cache and which would run."""
+    specs = _specs(args)
+    plans = [(spec, _manager(args, spec).plan(force=set(args.force or []))) for spec in specs]
     if args.json:
-        print(json.dumps([{"stage": r.name, "pass": r.pass_name, "status": r.status, "key": r.key,
-                           "reason": r.reason} for r in plan], indent=1))
+        rows = {spec.name: [{"stage": r.name, "pass": r.pass_name, "status": r.status, "key": r.key,
+                             "reason": r.reason} for r in plan] for spec, plan in plans}
+        print(json.dumps(rows if len(specs) > 1 or specs[0].variant else rows[specs[0].name], indent=1))
         return 0
-    for r in plan:
-        state = {"cached": "cached", "skipped": "skipped"}.get(r.status, "will run")
-        shown = r.status == "skipped" or any(w in (r.reason or "") for w in ("will fail", "changed since"))
-        why = f"  ({r.reason})" if r.reason and shown else ""
-        print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]:<12}{why}")
-    for name, why in _manager(args, spec).code_stages():
-        print(f"{name}: needs --trust-code ({why})")
+    first_by_key: dict[str, str] = {}
+    for spec, plan in plans:
+        if spec.variant:
+            print(f"== {spec.name}")
+        for r in plan:
+            state = {"cached": "cached", "skipped": "skipped", "remote": "remote"}.get(r.status, "will run")
+            shown = r.status == "skipped" or any(w in (r.reason or "") for w in ("will fail", "changed since"))
+            why = f"  ({r.reason})" if r.reason and shown else ""
+            if r.status == "pending" and r.key in first_by_key:
+                why += f"  (same key as in {first_by_key[r.key]}: built once)"
+            elif r.key:
+                first_by_key.setdefault(r.key, spec.name)
+            print(f"{r.name:<16} {r.pass_name:<16} {state:<9} {(r.key or '')[:12]:<12}{why}")
+        for name, why in _manager(args, spec).code_stages():
+            print(f"{name}: needs --trust-code ({why})")
     return 0
 
 
@@ -227,6 +285,44 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_push(args) -> int:
+    """Push a published version (NAME, NAME/VERSION or a path) to the remote cache: every stage's
+    output and cache entry, then its manifest, so `convert pull` (or any run of the same spec) gets it."""
+    from convert.remote import push_version
+    from convert.store import Store
+
+    remote = _need_remote(args)
+    path = _version_path(args)
+    store_dir, _ = _dirs(args)
+    n = push_version(path, remote, Store(store_dir))
+    print(f"pushed {path} to {remote.url} ({n} stage(s) written, the others were there)")
+    return 0
+
+
+def cmd_pull(args) -> int:
+    """Pull a version pushed with `convert push` (NAME/VERSION) into the store and publish it here."""
+    from convert.remote import pull_version
+    from convert.store import Store
+
+    remote = _need_remote(args)
+    name, _, version = args.target.partition("/")
+    if not name or not version:
+        raise ConvertError(f"`convert pull` needs NAME/VERSION, got {args.target!r}.",
+                           hint="the version is printed by `convert push` and `convert versions` where it was built.")
+    store_dir, arts = _dirs(args)
+    path = pull_version(remote, name, version, arts, Store(store_dir, remote=remote))
+    print(f"pulled {path}")
+    return 0
+
+
+def _need_remote(args):
+    remote = _remote(args)
+    if remote is None:
+        raise ConvertError("no remote cache is set.", hint="give --remote URL, set $CONVERT_REMOTE, or `remote:` in "
+                           ".convert/config.yaml.")
+    return remote
+
+
 def cmd_report(args) -> int:
     """Write a version's report (Markdown + self-contained HTML), or compare two versions.
 
@@ -272,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"the spec file{f' (default: {DEFAULT_SPEC})' if optional else ''}")
         sp.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. model.weights=PATH")
 
+    def remote_args(sp, push=True):
+        sp.add_argument("--remote", metavar="URL", help="shared remote cache: s3://BUCKET/PREFIX, gs://, az://, "
+                        "file:///PATH, https://... (read-only); `none` for none (default: $CONVERT_REMOTE, the "
+                        "spec's store.remote, `remote:` in .convert/config.yaml)")
+        if push:
+            sp.add_argument("--no-push", action="store_true", help="pull from the remote, but push nothing to it")
+
     sp = add("run", cmd_run)
     spec_args(sp, optional=True)
     sp.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if cached (repeatable)")
@@ -282,12 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("--trust-code", action="store_true", help="allow stages that import or load code the spec "
                     "names (source: python factories, TensorRT plugin libraries); also CONVERT_TRUST_CODE=1")
+    remote_args(sp)
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="where stages run: here one after the other (default), or as Ray tasks (independent "
+                    "stages at once, on the nodes their `resources:` ask for)")
+    sp.add_argument("--address", metavar="ADDR", help="the Ray cluster for --executor ray (ray://HOST:10001, "
+                    "HOST:6379 or auto; default: a local instance)")
     sp = add("validate", cmd_validate)
     spec_args(sp, optional=True)
     sp = add("plan", cmd_plan)
     spec_args(sp, optional=True)
     sp.add_argument("--force", action="append", metavar="STAGE")
     sp.add_argument("--json", action="store_true")
+    remote_args(sp, push=False)
+    for name, fn in (("push", cmd_push), ("pull", cmd_pull)):
+        sp = add(name, fn)
+        sp.add_argument("target", help="NAME/VERSION (push also takes NAME, for its latest, or a version directory)")
+        remote_args(sp, push=False)
     sp = add("passes", cmd_passes)
     sp.add_argument("action", nargs="?", choices=["list", "show"], default="list")
     sp.add_argument("name", nargs="?")

@@ -27,6 +27,9 @@ class ConvertError(Exception):
     def __str__(self) -> str:
         return f"{self.message} Hint: {self.hint}" if self.hint else self.message
 
+    def __reduce__(self):  # keeps the hint when sent back from a Ray worker
+        return type(self), (self.message, self.hint)
+
 
 class SpecError(ConvertError):
     """The spec (YAML, overrides or a pass's parameters) is invalid."""

@@ -106,7 +106,7 @@ class StageRecord:
 
     name: str
     pass_name: str
-    status: str  # "cached", "ran", "skipped", "pending" (plan only)
+    status: str  # "cached", "remote" (pulled from the remote cache), "ran", "skipped", "pending" (plan only)
     key: str | None = None
     digest: str | None = None
     seconds: float = 0.0
@@ -149,6 +149,8 @@ class RunReport:
 
 
 def lockfile_path(spec: Spec) -> Path:
+    if spec.variant:  # one combination of a matrix: each has its own lockfile beside the spec
+        return spec.path.with_name(f"{spec.path.stem}.{spec.variant}{LOCK_SUFFIX}")
     return spec.path.with_suffix(LOCK_SUFFIX)
 
 
@@ -164,13 +166,19 @@ class Manager:
     """
 
     def __init__(self, spec: Spec, store: Store, artifacts_dir: Path,
-                 log: Callable[[str], None] = lambda s: None, progress: bool = True, trust_code: bool = False):
+                 log: Callable[[str], None] = lambda s: None, progress: bool = True, trust_code: bool = False,
+                 executor: Any = None):
         self.spec = spec
         self.store = store
         self.artifacts_dir = artifacts_dir
         self.log = log
         self.progress = progress
         self.trust_code = trust_code
+        self.executor = executor
+        """Runs the stages (:class:`LocalExecutor` when None, or :class:`convert.executors.RayExecutor`)."""
+
+    def __getstate__(self) -> dict[str, Any]:  # what a Ray worker gets: no driver-side callbacks
+        return {**self.__dict__, "log": _no_log, "executor": None, "progress": False}
 
     def code_stages(self) -> list[tuple[str, str]]:
         """(stage, what it runs) for every stage that imports or loads code named by the spec."""
@@ -222,6 +230,8 @@ class Manager:
     def plan(self, force: set[str] = frozenset()) -> list[StageRecord]:
         """Says which stages are cached, which would run and which would be skipped, without running
         anything; skips follow the same rules as :meth:`run` (skipped inputs, missing optional backends)."""
+        if self.store.remote is not None:
+            self.store.remote.check()
         done: dict[str, StageRecord] = {}
         out = []
         try:
@@ -237,9 +247,11 @@ class Manager:
                                   reason="an input will be rebuilt")
             else:
                 rec = self._key(dataclasses.replace(stage, inputs=self._bound(stage, done)), done)
-                entry = None if stage.name in force else self.store.lookup(rec.key)
+                entry = None if stage.name in force else self.store.lookup(rec.key, pull=False)
                 if entry:
                     rec.status, rec.digest = "cached", entry["digest"]
+                elif stage.name not in force and (entry := self.store.remote_entry(rec.key)):
+                    rec.status, rec.digest = "remote", entry["digest"]  # would be pulled
                 want = locked.get(stage.name)
                 if want and want.get("key") and want["key"] != rec.key:
                     rec.reason = f"changed since the lockfile: {why_key_changed(want, rec.lock_entry())}"
@@ -286,6 +298,8 @@ class Manager:
             GateFailed: An accuracy gate failed (after publishing).
         """
         self._check_trust()
+        if self.store.remote is not None:
+            self.store.remote.check()
         with self.store.live_run():  # `convert gc` meanwhile leaves what this run builds
             return self._run(force, until, frozen)
 
@@ -298,10 +312,15 @@ class Manager:
         lock = self._read_lock() if frozen else None
         done: dict[str, StageRecord] = {}
         gate_failures: list[str] = []
+        names = [s.name for s in self.spec.stages]
+        stages = self.spec.stages[: names.index(until) + 1] if until is not None else self.spec.stages
         n = len(self.spec.stages)
-        for i, stage in enumerate(self.spec.stages, 1):
-            rec = self._run_stage(stage, done, forced="*" in force or stage.name in force)
+        # The executor yields each stage's record as it finishes: in spec order locally, in completion
+        # order on Ray (independent stages run at once).
+        for rec in (self.executor or LocalExecutor()).records(self, stages, force):
+            stage = self.spec.stage(rec.name)
             done[stage.name] = rec
+            i = names.index(stage.name) + 1
             if rec.status == "skipped":
                 self.log(f"[{i}/{n}] {stage.name} ({stage.pass_name}): skipped — {rec.reason}")
             else:
@@ -311,9 +330,8 @@ class Manager:
             if lock is not None:
                 self._check_frozen(lock, rec)
             gate_failures += [f"{stage.name}: {g}" for g in rec.summary.get("gate_failures", [])]
-            if stage.name == until:
-                break
-        report = RunReport(self.spec.name, list(done.values()), gate_failures=gate_failures)
+        gate_failures.sort(key=lambda g: names.index(g.split(":", 1)[0]))
+        report = RunReport(self.spec.name, [done[s.name] for s in stages], gate_failures=gate_failures)
         if until is None:
             try:
                 self._publish(report, update_latest=not gate_failures)
@@ -330,10 +348,32 @@ class Manager:
                                        "writable folder (--frozen only reads the lockfile).") from None
         if gate_failures:
             where = f"{report.published}/manifest.json" if report.published else "the stage summaries (--json)"
-            raise GateFailed("accuracy gate failed: " + "; ".join(gate_failures),
+            err = GateFailed("accuracy gate failed: " + "; ".join(gate_failures),
                              hint=f"the figures are in {where}; loosen the gate in the spec only if the drop "
                              "is acceptable.")
+            err.report = report  # a matrix still summarises what was published
+            raise err
         return report
+
+    def _look_up(self, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
+        """The stage's record if it needs no building (skipped, cached or pulled from the remote),
+        else a ``pending`` one with its key: what an executor checks before sending a stage off."""
+        skip = self._skipped_input(stage, done)
+        if skip is not None:
+            return skip
+        t0 = time.perf_counter()
+        rec = self._key(dataclasses.replace(stage, inputs=self._bound(stage, done)), done)
+        entry = None if forced else self.store.lookup(rec.key)
+        if entry is not None:
+            self._found(rec, entry)
+        rec.seconds = time.perf_counter() - t0
+        return rec
+
+    def _found(self, rec: StageRecord, entry: dict[str, Any]) -> None:
+        rec.status, rec.digest, rec.summary = ("remote" if entry.get("pulled") else "cached",
+                                               entry["digest"], entry.get("summary", {}))
+        if rec.status == "cached":
+            self.store.share(rec.key)
 
     def _run_stage(self, stage: Stage, done: dict[str, StageRecord], forced: bool) -> StageRecord:
         # A `many` role just loses its skipped members (a report without the TensorRT engine).
@@ -360,7 +400,7 @@ class Manager:
                     rec.status = "ran"
                     rec.digest, rec.summary = self._execute(stage, done, rec)
         if entry is not None:
-            rec.status, rec.digest, rec.summary = "cached", entry["digest"], entry.get("summary", {})
+            self._found(rec, entry)
         rec.seconds = time.perf_counter() - t0
         return rec
 
@@ -468,19 +508,21 @@ class Manager:
         }
         report.published = versions.publish(
             self.artifacts_dir, manifest, {s.name: self.store.object_path(s.digest) for s in built},
-            update_latest, finish=self._render_report)
+            update_latest, log=self.log)
 
-    def _render_report(self, version_dir: Path) -> None:
-        """Writes the version's report.html/.md (its failure costs the report, not the version)."""
-        from convert import registry
 
-        try:
-            render = registry.renderer("version")
-            if render is not None:
-                render(version_dir, version_dir)
-        except (ImportError, ConvertError, ValueError, KeyError, TypeError) as e:
-            self.log(f"warning: the version's report was not rendered ({type(e).__name__}: {e}); "
-                     "`convert report NAME/VERSION` renders it.")
+class LocalExecutor:
+    """Runs the stages one after the other in this process, in spec order."""
+
+    def records(self, mgr: Manager, stages: list[Stage], force: set[str]):
+        done: dict[str, StageRecord] = {}
+        for stage in stages:
+            done[stage.name] = mgr._run_stage(stage, done, forced="*" in force or stage.name in force)
+            yield done[stage.name]
+
+
+def _no_log(_line: str) -> None:
+    pass
 
 
 def _short(summary: dict[str, Any]) -> str:

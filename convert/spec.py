@@ -29,16 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from convert.base import Input, InputFile, Pass, PassConfig
-from convert.errors import SpecError
+from convert.errors import ConvertError, SpecError
 
 STAGE_KEYS = {
     "pass": "name of the pass to run (default: the stage name)",
     "with": "the pass's parameters (see `convert passes show NAME`)",
     "inputs": "input role -> earlier stage name (or list of names); the first role defaults to the previous stage",
     "optional": "skip the stage, with a notice, when its backend is not installed",
+    "resources": "what the stage needs on a Ray cluster (--executor ray): {CPU: 2, GPU: 1, my_node_type: 1}",
     "description": "free text",
 }
-TOP_KEYS_RESERVED = {"name", "description", "stages", "store", "artifacts", "_base_"}
+TOP_KEYS_RESERVED = {"name", "description", "stages", "store", "artifacts", "_base_", "matrix"}
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Stage:
     config: PassConfig
     inputs: dict[str, list[str]]
     optional: bool = False
+    resources: dict[str, float] = field(default_factory=dict)
+    """Ray resources the stage needs (not part of its key: they say where it runs, not what it makes)."""
 
     @property
     def pass_name(self) -> str:
@@ -66,6 +69,10 @@ class Spec:
     resolved: dict[str, Any]
     store: Path | None = None
     artifacts: Path | None = None
+    remote: str | None = None
+    """``store.remote``: the shared remote cache URL (see :mod:`convert.remote`)."""
+    variant: str | None = None
+    """The combination of a ``matrix:`` this spec is (its lockfile is ``<spec>.<variant>.lock``)."""
     public: dict[str, Any] = field(default_factory=dict)
     """What a manifest may record: the spec file as written, the overrides, each stage's parameters
     resolved with environment values left as their ``${oc.env:...}`` interpolation."""
@@ -396,7 +403,13 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
             fail(f"{kp}.optional", f"expected true or false, found {optional!r}.")
         inputs = _bind_inputs(pass_cls, raw.get("inputs"), kp, stages, outputs, fail)
         _check_files(config, f"{kp}.with", fail)
-        stages.append(Stage(sname, pass_cls, config, inputs, optional))
+        resources = raw.get("resources") or {}
+        if not isinstance(resources, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in resources.items()):
+            fail(f"{kp}.resources", f"expected a mapping of resource name -> amount >= 0, found {resources!r}.",
+                 hint="e.g. resources: {GPU: 1} or {CPU: 2, trt_node: 1}.")
+        stages.append(Stage(sname, pass_cls, config, inputs, optional, {k: float(v) for k, v in resources.items()}))
         outputs[sname] = pass_cls.output_kind(config)
 
     def _opt_path(key):
@@ -405,8 +418,22 @@ def _validate(resolved: dict[str, Any], layers, path: Path) -> Spec:
             fail(key, f"expected a directory path, found {v!r}.")
         return Path(v) if v else None
 
+    store, remote = resolved.get("store"), None
+    if isinstance(store, dict):  # store: {path: DIR, remote: URL}
+        from convert.remote import check_url
+
+        for k in store:
+            if k not in ("path", "remote"):
+                fail(f"store.{k}", "unknown key (allowed: path, remote).",
+                     hint="store: DIR, or store: {path: DIR, remote: s3://BUCKET/PREFIX}.")
+        if store.get("remote") is not None:
+            try:
+                remote = check_url(store["remote"], "store.remote")
+            except ConvertError as e:
+                fail("store.remote", e.message.split(": ", 1)[-1], hint=e.hint)
+        resolved = {**resolved, "store": store.get("path")}
     return Spec(name=name, path=path, stages=stages, resolved=resolved, store=_opt_path("store"),
-                artifacts=_opt_path("artifacts"))
+                artifacts=_opt_path("artifacts"), remote=remote)
 
 
 def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassConfig:

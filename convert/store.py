@@ -10,6 +10,9 @@ Layout under the store root::
 
 A pass writes into a fresh ``tmp/`` directory; only when it has finished is the directory
 renamed into ``objects/`` and the cache entry written, so a failed or killed pass leaves no entry.
+
+With a remote (:mod:`convert.remote`), a local miss is looked up remotely and pulled, and what is
+committed is pushed.
 """
 
 from __future__ import annotations
@@ -130,11 +133,16 @@ class Store:
 
     Args:
         root: The store directory (created on first write).
+        remote: A shared remote cache (:class:`convert.remote.Remote`) or None.
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, remote: Any = None):
         self.root = Path(root)
+        self.remote = remote
         self._hasher: FileHasher | None = None
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to Ray workers: the sqlite memo is per process
+        return {**self.__dict__, "_hasher": None}
 
     @property
     def hasher(self) -> FileHasher:
@@ -145,19 +153,53 @@ class Store:
     def object_path(self, digest: str) -> Path:
         return self.root / "objects" / digest
 
-    def lookup(self, key: str) -> dict[str, Any] | None:
-        """Returns the cache entry for ``key`` if its object is present, else None."""
+    def lookup(self, key: str, pull: bool = True) -> dict[str, Any] | None:
+        """Returns the cache entry for ``key`` if its object is present, else None.
+
+        On a local miss the remote (if any, and ``pull``) is asked; an entry pulled from it has
+        ``"pulled": True`` (only in what is returned, not in the store).
+        """
         entry_path = self.root / "cache" / f"{key}.json"
         try:
             entry = json.loads(entry_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        if not (self.object_path(entry["digest"]) / "artifact.json").is_file():
-            return None
-        return entry
+            entry = None
+        if entry is not None and (self.object_path(entry["digest"]) / "artifact.json").is_file():
+            return entry
+        if pull and self.remote is not None:
+            entry = self.remote.pull(key, self)
+            if entry is not None:
+                return {**entry, "pulled": True}
+        return None
+
+    def remote_entry(self, key: str) -> dict[str, Any] | None:
+        """The remote's entry for ``key`` without pulling anything (for ``plan``), or None."""
+        return self.remote.entry(key) if self.remote is not None else None
+
+    def share(self, key: str) -> None:
+        """Pushes ``key`` (entry and object, already in this store) where the remote lacks it: a
+        stage built before the remote was set up, or whose push failed, is shared by the next run."""
+        if self.remote is None or not self.remote.push_enabled:
+            return
+        entry = self.lookup(key, pull=False)
+        if entry is not None:
+            self._push(key, entry)
+
+    def _push(self, key: str, entry: dict[str, Any]) -> None:
+        """Pushes one entry; a failure is a warning (the build stays local), never a failed run."""
+        import warnings
+
+        try:
+            self.remote.push(key, entry["digest"], entry, self.object_path(entry["digest"]), scratch=self.root / "tmp")
+        except Exception as e:  # each backend raises its own errors
+            warnings.warn(f"could not push stage {entry.get('stage')} to {self.remote!r} ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''}); it stays in the local store.")
 
     def artifact(self, digest: str) -> Artifact:
-        return Artifact.open(self.object_path(digest), digest)
+        path = self.object_path(digest)
+        if self.remote is not None and not (path / "artifact.json").is_file():
+            self.remote.pull_object(digest, self)  # a Ray worker on another node: inputs come from the remote
+        return Artifact.open(path, digest)
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -186,7 +228,14 @@ class Store:
         Returns:
             The output's content digest.
         """
-        digest = tree_digest(tmp)
+        digest = self.add_object(tmp, tree_digest(tmp))
+        entry = self.write_entry(key, digest, record)
+        if self.remote is not None and self.remote.push_enabled:
+            self._push(key, entry)
+        return digest
+
+    def add_object(self, tmp: Path, digest: str) -> str:
+        """Moves a directory whose tree digest is ``digest`` into ``objects/`` (read-only)."""
         dest = self.object_path(digest)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -198,9 +247,13 @@ class Store:
             except OSError:
                 if not dest.exists():
                     raise
-        atomic_write(self.root / "cache" / f"{key}.json",
-                     json.dumps({**record, "key": key, "digest": digest, "created": time.time()}, indent=1))
         return digest
+
+    def write_entry(self, key: str, digest: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Writes ``key``'s cache entry (after its object is in place)."""
+        entry = {**record, "key": key, "digest": digest, "created": time.time()}
+        atomic_write(self.root / "cache" / f"{key}.json", json.dumps(entry, indent=1))
+        return entry
 
     @contextmanager
     def live_run(self) -> Iterator[None]:

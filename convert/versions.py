@@ -145,42 +145,55 @@ def latest(artifacts: Path, name: str) -> str | None:
     return os.readlink(link) if link.is_symlink() else None
 
 
+def assemble(dest: Path, stage_dirs: dict[str, Path], fill: Callable[[Path], None]) -> Path:
+    """Builds a version folder beside ``dest`` and renames it into place, so no reader sees half of it.
+
+    Args:
+        dest: ``artifacts/<spec>/<version>``. An existing one (the same stages built the same
+            outputs, maybe by a concurrent run) is kept.
+        stage_dirs: Stage name -> its store object folder (linked, or copied across file systems).
+        fill: Writes the rest (manifest, report) into the folder being assembled.
+    """
+    if dest.exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".tmp-{os.getpid()}-"))  # gc knows its owner
+    try:
+        for name, src in stage_dirs.items():
+            link_tree(src, tmp / name)
+        fill(tmp)
+        os.rename(tmp, dest)
+    except OSError:
+        _rmtree(tmp)
+        if not dest.exists():  # else a concurrent run published the same version first
+            raise
+    except BaseException:
+        _rmtree(tmp)
+        raise
+    return dest
+
+
 def publish(artifacts: Path, manifest: dict[str, Any], stage_dirs: dict[str, Path], update_latest: bool,
-            finish: Callable[[Path], None] | None = None) -> Path:
-    """Publishes a version: stage folders linked from the store, the manifest, then ``finish``.
+            log: Callable[[str], None] = print) -> Path:
+    """Publishes a version: stage folders linked from the store, the manifest, the report.
 
     Args:
         artifacts: The artifacts folder.
         manifest: The manifest; ``spec`` and ``version`` name the folder; ``files`` is filled here.
         stage_dirs: Stage name -> its store object folder.
         update_latest: Point ``latest`` at this version (not when a gate failed).
-        finish: Called with the assembled folder before it becomes visible (renders the report);
-            its failure is a warning, not a lost version.
+        log: Where a report that could not be rendered is mentioned.
 
     Returns:
-        The version folder. An existing one (the same stages built the same outputs) is kept.
+        The version folder.
     """
+    def fill(tmp: Path) -> None:
+        full = {"format": FORMAT, **manifest, "files": {name: _file_list(tmp / name) for name in stage_dirs}}
+        (tmp / MANIFEST).write_text(json.dumps(full, indent=1, sort_keys=True) + "\n")
+        render_report(tmp, log)
+
     base = Path(artifacts) / manifest["spec"]
-    dest = base / manifest["version"]
-    if not dest.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=base, prefix=f".tmp-{os.getpid()}-"))  # gc knows its owner
-        try:
-            for name, src in stage_dirs.items():
-                link_tree(src, tmp / name)
-            manifest = {"format": FORMAT, **manifest,
-                        "files": {name: _file_list(tmp / name) for name in stage_dirs}}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-            if finish is not None:
-                finish(tmp)
-            os.rename(tmp, dest)
-        except OSError:
-            _rmtree(tmp)
-            if not dest.exists():  # else a concurrent run published the same version first
-                raise
-        except BaseException:
-            _rmtree(tmp)
-            raise
+    dest = assemble(base / manifest["version"], stage_dirs, fill)
     if update_latest:
         link = base / LATEST
         tmp_link = base / f".latest-{os.getpid()}"
@@ -188,6 +201,19 @@ def publish(artifacts: Path, manifest: dict[str, Any], stage_dirs: dict[str, Pat
         tmp_link.symlink_to(manifest["version"])
         os.replace(tmp_link, link)
     return dest
+
+
+def render_report(version_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Writes a version's report.html / .md with the registered renderer; a failure costs the report only."""
+    from convert import registry
+
+    try:
+        render = registry.renderer("version")
+        if render is not None:
+            render(version_dir, version_dir)
+    except (ImportError, ConvertError, ValueError, KeyError, TypeError) as e:
+        log(f"warning: the version's report was not rendered ({type(e).__name__}: {e}); "
+            "`convert report NAME/VERSION` renders it.")
 
 
 def _file_list(root: Path) -> dict[str, str]:

@@ -65,3 +65,10 @@ def render_comparison(a_dir: Path, b_dir: Path, out_dir: Path) -> tuple[Path, Pa
     from passes.report.render import load_version, write_comparison
 
     return write_comparison(load_version(a_dir), load_version(b_dir), out_dir)
+
+
+def render_matrix(summary: dict, out_dir: Path) -> tuple[Path, Path]:
+    """Renders a matrix summary (one row per combination, shared stages) into ``out_dir``."""
+    from passes.report.render import write_matrix
+
+    return write_matrix(summary, out_dir)

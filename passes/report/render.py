@@ -314,7 +314,7 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
     blocks.append(("h2", "Pipeline"))
     if m:
         stages = {n: m["stages"][n] for n in stage_order(m)}
-        cached = sum(s.get("status") == "cached" for s in stages.values())
+        cached = sum(s.get("status") in ("cached", "remote") for s in stages.values())  # remote: pulled
         total = sum(float(s.get("seconds", 0)) for s in stages.values())
         hits = f"{cached} cache hit{'' if cached == 1 else 's'}"
         blocks += [("p", f"{len(stages)} stages, {hits}, {total:.1f} s in all."),
@@ -478,7 +478,7 @@ def _pass_times(manifests: dict[str, dict[str, Any]]) -> Plot:
         names += [n for n in stage_order(m) if n not in names]
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) * len(manifests) + 1.2))
     height = 0.8 / len(manifests)
-    status_color = {"ran": "#4c72b0", "cached": "#55a868", "skipped": "#c0c0c0"}
+    status_color = {"ran": "#4c72b0", "cached": "#55a868", "remote": "#8c8c3c", "skipped": "#c0c0c0"}
     for i, (title, m) in enumerate(manifests.items()):
         for j, n in enumerate(names):
             s = m["stages"].get(n)
@@ -662,3 +662,48 @@ def write_comparison(a: RunData, b: RunData, out_dir: Path) -> tuple[Path, Path]
     title = f"{a.title} vs {b.title}"
     stem = f"compare-{a.title.replace('/', '-')}-vs-{b.title.split('/')[-1]}"
     return _write(title, comparison_blocks(a, b), Path(out_dir), stem)
+
+
+# --- a matrix's combinations side by side ------------------------------------------------------
+
+
+def _value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _figures(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def matrix_blocks(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A matrix summary (``convert.matrix.write_summary``): one row per combination with its figures,
+    then the stages (which were shared, which differ)."""
+    combos, variables = summary["combinations"], summary["variables"]
+    figure_cols = list(dict.fromkeys((stage, k) for c in combos for stage, s in c["stages"].items()
+                                     for k in _figures(s.get("summary") or {})))
+    rows = []
+    for c in combos:
+        line = [_value(c["values"][k]) for k in variables] + [f"{c['spec']}/{c['version']}"]
+        for stage, k in figure_cols:
+            v = ((c["stages"].get(stage) or {}).get("summary") or {}).get(k)
+            line.append("—" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v))
+        rows.append(line)
+    stage_rows = []
+    for n in dict.fromkeys(n for c in combos for n in c["stages"]):
+        cells = [(c["stages"].get(n) or {}) for c in combos]
+        stage_rows.append([n, "shared" if n in summary["shared_stages"] else "per combination",
+                           *(f"{s.get('status', '—')} {(s.get('output') or '')[:8]}" for s in cells)])
+    blocks: list[tuple[str, Any]] = [
+        ("p", f"{len(combos)} combinations of {', '.join(variables)}; {len(summary['shared_stages'])} stage(s) "
+              f"are shared by all of them (same key, built once: {', '.join(summary['shared_stages']) or 'none'})."),
+        ("h2", "Combinations"),
+        ("table", Table([*variables, "version", *(f"{s} {k}" for s, k in figure_cols)], rows)),
+        ("h2", "Stages"),
+        ("table", Table(["stage", "", *(c["spec"] for c in combos)], stage_rows)),
+    ]
+    return blocks
+
+
+def write_matrix(summary: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Writes ``comparison.md`` / ``.html`` of a matrix summary into ``out``."""
+    return _write(f"matrix {summary['matrix']}", matrix_blocks(summary), Path(out), "comparison")

@@ -115,3 +115,30 @@ class Clock(Pass):
     def run(self, inputs, out, ctx):
         (out / "out.txt").write_text(repr(time.time()))
         return PassResult("text", "out.txt", {})
+
+
+class MeetConfig(PassConfig):
+    me: str = Field(description="path of the marker this stage writes when it starts")
+    peer: str = Field(description="path of the marker of the stage it waits for")
+    timeout: float = Field(60.0, description="seconds to wait for the peer before failing")
+
+
+@register_pass
+class Meet(Pass):
+    """Writes its marker, then waits for its peer's: two such stages finish only if they run at once."""
+
+    name = "toy_meet"
+    Config = MeetConfig
+    output = "text"
+
+    def run(self, inputs, out, ctx):
+        import os
+
+        open(self.config.me, "w").close()
+        deadline = time.monotonic() + self.config.timeout
+        while not os.path.exists(self.config.peer):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.config.peer} never appeared: the stages did not run at once")
+            time.sleep(0.05)
+        (out / "out.txt").write_text(self.config.me)
+        return PassResult("text", "out.txt", {})
