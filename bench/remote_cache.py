@@ -3,7 +3,7 @@
 Machine A (its own checkout folder and empty store) runs the spec cold and pushes every stage to
 ``s3://BUCKET/PREFIX``; machine B (another folder, another empty store, the same remote) runs the
 same spec. Prints each stage's status on B (every one must be ``remote``: pulled, not recomputed),
-checks that B published the same files byte for byte as A (all but manifest.json, which holds
+checks that B published the same stage files byte for byte as A (all but manifest.json and report.*, which hold
 timings and hosts), and prints A's cold time against B's.
 
     python bench/remote_cache.py [--weights W] [--data COCO128] [--spec pipelines/yolov5n_int8.yaml] [--keep DIR]
@@ -53,13 +53,14 @@ def machine(work: Path, name: str, spec: Path, overrides: list[str], env: dict[s
 
 
 def compare(a: Path, b: Path) -> list[str]:
-    """Files that differ between two published versions (manifest.json excepted)."""
-    files_a = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file()}
-    files_b = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file()}
+    """Stage files that differ between two published versions (the manifest and the report beside it,
+    which hold timings, excepted)."""
+    files_a = {p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file() and p.parent != a}
+    files_b = {p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file() and p.parent != b}
     diffs = [f"only in A: {f}" for f in sorted(files_a - files_b)]
     diffs += [f"only in B: {f}" for f in sorted(files_b - files_a)]
     for f in sorted(files_a & files_b):
-        if f != "manifest.json" and not filecmp.cmp(a / f, b / f, shallow=False):
+        if not filecmp.cmp(a / f, b / f, shallow=False):
             diffs.append(f"differs: {f}")
     return diffs
 
@@ -96,7 +97,7 @@ def main() -> int:
     diffs = compare(Path(report_a["published"]), Path(report_b["published"]))
     print(f"versions: A {report_a['version']}  B {report_b['version']}  "
           f"({'same' if report_a['version'] == report_b['version'] else 'DIFFERENT'})")
-    print(f"stage digests equal: {same_digests}; published files byte-identical (manifest.json aside): "
+    print(f"stage digests equal: {same_digests}; published stage files byte-identical (manifest and report aside): "
           f"{not diffs}" + ("" if not diffs else "\n  " + "\n  ".join(diffs[:20])))
     print(f"recomputed on B: {', '.join(recomputed) or 'nothing'}")
     print(f"A cold {cold:.1f}s  vs  B from the remote {warm:.1f}s  ({warm / cold:.1%} of the cold time)")

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 
 from convert.errors import SpecError
-from convert.manager import Manager, verify_version
+from convert.manager import Manager
 from convert.matrix import expand
 from convert.matrix import run as run_matrix
 from convert.store import Store
+from convert.versions import verify as verify_version
 
 import toy_passes  # noqa: F401
 
