@@ -34,7 +34,8 @@ def evaluation(model, m5095, label):
 def benchmark(models_p50):
     results = [{"label": m["label"], "model": m, "threads": 1, "runner": {"intra_op_num_threads": 1}, "batch": 1,
                 "iterations": 10, "p50_ms": p, "p90_ms": p * 1.1, "p99_ms": p * 1.3, "mean_ms": p, "min_ms": p * 0.9,
-                "std_ms": 1.0, "throughput_ips": 1000 / p, "speedup_vs_first": models_p50[0][1] / p}
+                "std_ms": 1.0, "throughput_ips": 1000 / p, "speedup_vs_first": models_p50[0][1] / p,
+                "times_ms": [p * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)]}
                for m, p in models_p50]
     return {"type": "benchmark", "host": {"model": "CPU X", "logical_cpus": 2, "usable_cpus": 2},
             "load_average": {"before": [1.0, 1.0, 1.0], "after": [1.5, 1.0, 1.0]},
@@ -104,7 +105,9 @@ def test_report_is_self_contained_with_tables_and_plots(tmp_path):
     assert "<script" not in text and "<link" not in text and not re.search(r"(src|href)=\"(?!data:)", text)
     assert "http://" not in text and "https://" not in text
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert len(pngs) == 2 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 4 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    alts = re.findall(r'<img alt="([^"]+)"', text)
+    assert alts == ["Accuracy vs latency", "Latency distribution per configuration", "Per-pass time", "Pipeline"]
     for needle in ("Accuracy × back-end × precision", "<td>quantize</td>", "<td>0.3300</td>", "<td>20.00</td>",
                    "Accuracy gates", 'class="fail"', "Cross-back-end comparison against torch/fp32",
                    "7 stages, 1 cache hit,", "no tensorrt", "Per-class box AP", "rectangular batches",
