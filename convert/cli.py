@@ -32,13 +32,14 @@ def _load(args):
 
 
 def _manager(args, spec, log=None):
+    from convert import progress
     from convert.manager import Manager
     from convert.store import Store
 
     store, arts = _dirs(args, spec)
     trust = getattr(args, "trust_code", False) or os.environ.get("CONVERT_TRUST_CODE", "") == "1"
     return Manager(spec, Store(store), arts, log=log or (lambda s: None),
-                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust)
+                   progress=progress.wanted(getattr(args, "no_progress", False)), trust_code=trust)
 
 
 def cmd_run(args) -> int:
