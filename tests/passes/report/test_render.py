@@ -184,3 +184,43 @@ def test_cli_report_on_a_real_run_and_two_versions(cli, tmp_path):
     assert code == 2 and "one version, or two" in err
     code, _, err = cli("report", "nope")
     assert code == 2 and "no published version" in err
+
+
+def test_published_report_shows_pipeline_latency_and_drawn_detections(tiny_e2e_run):
+    root, vdir = tiny_e2e_run
+    page = (vdir / "report.html").read_text()
+    alts = re.findall(r'<img alt="([^"]+)"', page)
+    assert alts == ["Accuracy vs latency", "Latency distribution per configuration", "Per-pass time",
+                    "Detections on 0.jpg", "Detections on 1.jpg", "Pipeline"]
+    jpegs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(jpegs) == 2 and all(base64.b64decode(j)[:2] == b"\xff\xd8" for j in jpegs)
+    # the legend names each picture column's stage; raw and end-to-end find the same boxes here
+    assert "<td>onnx/fp32@onnxruntime e2e</td><td>postprocess</td>" in page
+    assert "<td>onnx/fp32@onnxruntime raw</td><td>export_onnx</td>" in page
+    index = json.loads((vdir / "report" / "pictures.json").read_text())
+    for pic in index["pictures"]:
+        e2e, raw = pic["models"]
+        assert e2e["detections"] > 0 and raw["difference"] == {"matched": e2e["detections"], "only_ref": 0,
+                                                               "only_other": raw["detections"] - e2e["detections"]}
+    assert re.search(r"<td>postprocess</td><td>postprocess</td><td>export_onnx</td><td>ran</td><td>[0-9.]+</td>"
+                     r"<td>[1-9][0-9.]*</td>", page)  # pipeline table: inputs, status, seconds, size
+    md = (vdir / "report.md").read_text()
+    assert "![Detections on 0.jpg](report/pictures/00-0.jpg)" in md and (vdir / "report/pictures/00-0.jpg").is_file()
+    stage_page = (vdir / "report" / "report.html").read_text()  # the stage's own report has them too
+    assert len(re.findall(r"data:image/jpeg;base64,", stage_page)) == 2
+
+
+def test_report_pass_needs_something_to_report_and_detector_models(tmp_path):
+    import pytest
+
+    from convert.errors import ConvertError
+    from passes.report import Report, ReportConfig
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConvertError, match="nothing to report"):
+        Report(ReportConfig()).run({}, out, RunContext("report", progress=False))
+    (tmp_path / "m").mkdir()
+    plain = Artifact("onnx", tmp_path / "m", "model.onnx", {}, "d")
+    with pytest.raises(ConvertError, match="neither NMS in its graph nor head metadata"):
+        Report(ReportConfig()).run({"models": [plain]}, out, RunContext("report", progress=False))
