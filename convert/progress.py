@@ -18,7 +18,7 @@ def wanted(no_progress: bool = False) -> bool:
 
 
 def bar(iterable: Iterable | None = None, total: int | None = None, desc: str = "", enabled: bool = True):
-    """A progress bar on stderr (tqdm), silent (but still iterating and counting) when not ``enabled``.
+    """A progress bar on stderr (tqdm); when not ``enabled`` it only passes the items through.
 
     Args:
         iterable: What to iterate over (or None, then call ``update``).
