@@ -386,27 +386,26 @@ def _inputs(stage: dict[str, Any]) -> list[str]:
 
 
 def _picture_blocks(data: RunData) -> list[tuple[str, Any]]:
-    """The drawn detections: what each column is, then one picture per photo."""
-    if not data.pictures:
-        return []
-    first = data.pictures[0]
-    s = first.get("settings", {})
-    legend = []
-    for j, m in enumerate(first["models"]):
-        legend.append([m["label"], m.get("stage") or "—",
-                       *[str(p["models"][j]["detections"]) for p in data.pictures]])
-    blocks: list[tuple[str, Any]] = [
-        ("h2", "Detections drawn"),
-        ("p", "Each model ran on each photo with its own recorded preprocessing; boxes and keypoints are mapped "
-              "back to the original photo, so a letterbox or coordinate mistake shows here. End-to-end models use "
-              f"the thresholds in their graph; raw-head models are post-processed on the host (score > "
-              f"{s.get('conf', '?')}, IoU {s.get('iou', '?')}). The first row shows each model, the second each "
-              f"later model against the first: red only in the first, blue only in that model, grey matched "
-              f"(same class, IoU >= {s.get('match_iou', '?')}). Keypoints below visibility "
-              f"{s.get('kpt_conf', '?')} are not drawn."),
-        ("table", Table(["column", "stage", *[f"detections {p['image']}" for p in data.pictures]], legend))]
+    """The drawn detections, per report stage: what each column is, then one picture per photo."""
+    blocks: list[tuple[str, Any]] = []
+    groups: dict[str | None, list[dict[str, Any]]] = {}
     for p in data.pictures:
-        blocks.append(("picture", Picture(f"Detections on {p['image']}", p["jpeg"], p["rel"])))
+        groups.setdefault(p["stage"], []).append(p)
+    for stage, pictures in groups.items():
+        s = pictures[0].get("settings", {})
+        legend = [[m["label"], m.get("stage") or "—", *[str(p["models"][j]["detections"]) for p in pictures]]
+                  for j, m in enumerate(pictures[0]["models"])]
+        blocks += [
+            ("h2", "Detections drawn" + (f" by {stage}" if stage and len(groups) > 1 else "")),
+            ("p", "Each model ran on each photo with its own recorded preprocessing; boxes and keypoints are mapped "
+                  "back to the original photo, so a letterbox or coordinate mistake shows here. End-to-end models "
+                  f"use the thresholds in their graph; raw-head models are post-processed on the host (score > "
+                  f"{s.get('conf', '?')}, IoU {s.get('iou', '?')}). The first row shows each model, the second each "
+                  f"later model against the first: red only in the first, blue only in that model, grey matched "
+                  f"(same class, IoU >= {s.get('match_iou', '?')}). Keypoints below visibility "
+                  f"{s.get('kpt_conf', '?')} are not drawn."),
+            ("table", Table(["column", "stage", *[f"detections {p['image']}" for p in pictures]], legend))]
+        blocks += [("picture", Picture(f"Detections on {p['image']}", p["jpeg"], p["rel"])) for p in pictures]
     return blocks
 
 
