@@ -96,9 +96,9 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
         candidates: Method -> ranges, in order of preference.
         params: Method -> the parameters of its ranges (for the record).
         dataset: Labelled held-out images (:func:`holdout_dataset`).
-        quantize: :class:`passes.quantize.QuantizeConfig` of the candidate models.
+        quantize: :class:`calib.qdq.QuantizeSettings` of the candidate models.
         batches: Fresh iterator over the calibration batches, as
-            :func:`passes.quantize.quantize_model` takes it.
+            :func:`calib.qdq.quantize_model` takes it.
         metric: Figure to maximise; None: ``kpt_mAP50-95`` for a pose model, else ``mAP50-95``.
         where: Key path of the auto settings, for messages.
         threads: ONNX Runtime threads.
@@ -110,10 +110,10 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
     """
     import onnx
 
+    from calib.qdq import quantize_model
     from convert import onnxutil
     from convert.evaluation import METRICS, evaluate_model
     from convert.runtime import OrtRunner
-    from passes.quantize import quantize_model
 
     metric = metric or ("kpt_mAP50-95" if dataset.nk else "mAP50-95")
     if metric.startswith("kpt_") and not dataset.nk:

@@ -352,21 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _os_error(e: OSError) -> str:
-    """One line for a file-system failure: what, where, and how to fix it."""
-    import errno
-
-    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-    hint = {errno.ENOSPC: "free disk space (`convert gc` drops unpublished objects) or point --store / --artifacts "
-                          "at a larger disk.",
-            errno.EROFS: "the folder is read-only: point --store / --artifacts at a writable one.",
-            errno.EACCES: "no permission: point --store / --artifacts at a folder you can write.",
-            errno.EDQUOT: "over the disk quota: free space or use another disk."}.get(
-        e.errno, "check the store, artifacts and spec folders.")
-    return str(ConvertError(f"{e.strerror or e}{where}; the run stopped (completed stages stay in the store).",
-                            hint=hint))
-
-
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -378,7 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # full disk, read-only or unwritable store / artifacts / spec folder
-        print(f"error: {_os_error(e)}", file=sys.stderr)
+        from convert.errors import from_os_error
+
+        print(f"error: {from_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

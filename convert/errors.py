@@ -45,3 +45,25 @@ def _one_line(text: str, limit: int = 600) -> str:
     characters (a 5000-character value quoted back would bury the message)."""
     line = " ".join(part.strip() for part in str(text).splitlines() if part.strip())
     return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def from_os_error(e: OSError, where: str = "") -> ConvertError:
+    """A file-system failure (full disk, read-only or unwritable folder) as one line with a hint.
+
+    Args:
+        e: The error.
+        where: What was being done (``stage 'load' (pass load) failed``), put first.
+    """
+    import errno
+
+    path = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    hint = {errno.ENOSPC: "free disk space (`convert gc` drops unpublished objects) or point --store / --artifacts "
+                          "at a larger disk.",
+            errno.EROFS: "the folder is read-only: point --store / --artifacts at a writable one (a read-only "
+                         "store still answers `convert plan` and fully cached runs).",
+            errno.EACCES: "no permission: point --store / --artifacts at a folder you can write.",
+            errno.EDQUOT: "over the disk quota: free space or use another disk."}.get(
+        e.errno, "check the store, artifacts and spec folders.")
+    what = f"{where}: " if where else ""
+    return ConvertError(f"{what}{e.strerror or e}{path}; the run stopped (completed stages stay in the store).",
+                        hint=hint)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from convert import versions
 from convert.base import ARTIFACT_JSON, PassResult, RunContext
-from convert.errors import BackendMissing, ConvertError, PassError
+from convert.errors import BackendMissing, ConvertError, PassError, from_os_error
 from convert.lockfile import Lockfile, why_key_changed
 from convert.spec import Spec, Stage, input_files
 from convert.store import Store, atomic_write, canonical_json, sha256_json
@@ -315,9 +315,19 @@ class Manager:
                 break
         report = RunReport(self.spec.name, list(done.values()), gate_failures=gate_failures)
         if until is None:
-            self._publish(report, update_latest=not gate_failures)
+            try:
+                self._publish(report, update_latest=not gate_failures)
+            except OSError as e:
+                raise from_os_error(e, f"publishing {self.spec.name} into {self.artifacts_dir}") from None
             if not frozen:
-                atomic_write(lockfile_path(self.spec), self._lock_text(report))
+                lock_path = lockfile_path(self.spec)
+                try:
+                    atomic_write(lock_path, self._lock_text(report))
+                except OSError as e:
+                    raise ConvertError(f"published {report.published}, but the lockfile {lock_path} could not be "
+                                       f"written: {e.strerror or e}.",
+                                       hint="make the spec's folder writable, or run a copy of the spec from a "
+                                       "writable folder (--frozen only reads the lockfile).") from None
         if gate_failures:
             where = f"{report.published}/manifest.json" if report.published else "the stage summaries (--json)"
             raise GateFailed("accuracy gate failed: " + "; ".join(gate_failures),
@@ -373,6 +383,8 @@ class Manager:
                 raise type(e)(f"{where}: {e.message}", hint=e.hint) from None
             except KeyboardInterrupt:
                 raise
+            except OSError as e:  # a full disk or a read-only folder is no bug: no traceback log (nowhere to put it)
+                raise from_os_error(e, where) from None
             except Exception as e:
                 log = self._save_traceback(stage)
                 raise PassError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",

@@ -31,11 +31,11 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from calib.qdq import QuantizeSettings
+from calib.table import TABLE_FORMAT
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import BackendMissing, ConvertError, PassError
-from passes.quantize import QuantizeConfig
 
-TABLE_FORMAT = 1
 SAMPLES_DIR = "samples"
 
 
@@ -69,8 +69,8 @@ class AutoConfig(PassConfig):
                           "best is chosen: on 64 images, scores differ by about a point (0.01) from sampling noise "
                           "alone; lower it when scoring on many more images")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads while scoring")
-    quantize: QuantizeConfig = Field(
-        default_factory=QuantizeConfig, description="how each candidate is quantized: give the quantize "
+    quantize: QuantizeSettings = Field(
+        default_factory=QuantizeSettings, description="how each candidate is quantized: give the quantize "
         "stage's settings, e.g. `quantize: ${stages.quantize.with}`, so the choice is made for the model that "
         "will be built")
 
@@ -301,8 +301,8 @@ class Calibrate(Pass):
         from calib import auto as selection
         from calib.calibrators import method_params
         from calib.data import resolve_source
+        from calib.table import calibration_batches
         from convert.evaluation import class_names
-        from passes.quantize import calibration_batches
 
         c: CalibrateConfig = self.config
         a = c.auto

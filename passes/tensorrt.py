@@ -323,7 +323,7 @@ def cache_for(c: TensorRTConfig, table_file: Path | None, tensors: set[str], cap
 
     algorithm = CALIBRATORS[c.int8_calibrator][1]
     if table_file is not None:
-        from passes.quantize import read_table
+        from calib.table import read_table
 
         text = trt_cache.format_cache(read_table(table_file)["ranges"], caps.version, algorithm)
         where = f"stage {stage!r}: the calibration table {table_file}"

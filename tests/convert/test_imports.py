@@ -1,4 +1,5 @@
-"""The engine's import graph: convert/ never imports passes/ or calib/ (passes are found by entry point)."""
+"""The import graph: convert/ never imports passes/ or calib/ (passes are found by entry point), calib/
+(the INT8 library) imports no pass, and no pass imports another pass."""
 
 from __future__ import annotations
 
@@ -7,17 +8,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-CONVERT = Path(__file__).resolve().parents[2] / "convert"
+REPO = Path(__file__).resolve().parents[2]
 
 
-def test_convert_imports_neither_passes_nor_calib():
-    offenders = []
-    for path in sorted(CONVERT.rglob("*.py")):
+def imports(package: str):
+    """(file, line, imported module) for every absolute import in a package, lazy ones included."""
+    for path in sorted((REPO / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            offenders += [f"{path.relative_to(CONVERT.parent)}:{node.lineno} {n}" for n in names
-                          if n.split(".")[0] in ("passes", "calib")]
+            for n in names:
+                yield path.relative_to(REPO), node.lineno, n
+
+
+def test_convert_imports_neither_passes_nor_calib():
+    offenders = [f"{f}:{line} {n}" for f, line, n in imports("convert") if n.split(".")[0] in ("passes", "calib")]
+    assert not offenders, offenders
+
+
+def test_calib_imports_no_pass_and_no_pass_imports_another():
+    offenders = [f"{f}:{line} {n}" for f, line, n in imports("calib") if n.split(".")[0] == "passes"]
+    for f, line, n in imports("passes"):
+        parts = n.split(".")
+        own = f.parts[1].removesuffix(".py")  # passes/<pass>.py or passes/<pass>/...
+        if parts[0] == "passes" and len(parts) > 1 and parts[1] != own:
+            offenders.append(f"{f}:{line} {n}")
     assert not offenders, offenders
 
 

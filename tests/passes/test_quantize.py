@@ -12,16 +12,12 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from calib.data import CalibrationSet, batches, resolve_source
+from calib.qdq import activation_sensitivity, head_nodes
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
 from convert.ovutil import openvino_fold_qdq, seven_bit_weights
 from passes.calibrate import Calibrate, CalibrateConfig
-from passes.quantize import (
-    Quantize,
-    QuantizeConfig,
-    activation_sensitivity,
-    head_nodes,
-)
+from passes.quantize import Quantize, QuantizeConfig
 
 PP = {"size": [32, 32], "resize": "letterbox", "pad_value": 114}
 META = {"precision": "fp32", "truncated": True, "names": ["a"], "preprocess": PP,

@@ -1,0 +1,464 @@
+"""Q/DQ placement and insertion: a float ONNX model and calibrated ranges to an explicitly quantized one.
+
+The library behind the ``quantize`` pass (and the candidates of ``method: auto``).
+
+One Q/DQ ONNX, calibrated once, runs on ONNX Runtime, OpenVINO and TensorRT (which, from
+version 10.1, deprecates the implicit quantization of calibration caches). The graph is
+written by ONNX Runtime's QDQ quantizer (``quantize_static`` fed the table's ranges, so it never
+calibrates itself), with the placement TensorRT recommends and fuses:
+
+* Q/DQ on the inputs of the weighted ops only (``Conv``, ``ConvTranspose``, ``MatMul``,
+  ``Gemm``): their activations per tensor, their weights per output channel. A convolution's
+  output is not quantized, so convolution, activation (SiLU) and residual ``Add`` fuse into one
+  INT8 kernel whose output is quantized by the next layer's Q.
+* One Q/DQ pair per tensor, shared by all its consumers: a residual ``Add`` reads the same
+  dequantized tensor as the convolution next to it (TensorRT fuses the add into that
+  convolution), and a ``Concat`` gets one scale, at its output, which TensorRT propagates to
+  every input.
+* Biases stay float (TensorRT folds them; an INT32 bias tied to input x weight scales would
+  force weight-scale adjustments).
+* Activations are symmetric INT8 by default, what TensorRT requires; ``activation_type: uint8``
+  gives asymmetric activations for ONNX Runtime CPU and OpenVINO.
+
+Post-processing is never quantized: quantize the truncated network body and attach decoding
+and NMS afterwards (the postprocess pass).
+
+Accuracy techniques, each measured on YOLOv5n / coco128 (bench/int8_accuracy.py):
+
+* Nodes kept in float by name, glob pattern or type; ``keep_head_float`` keeps the last
+  convolutions before the outputs (the detection or pose head) in float, and a float node
+  always reads the float tensor even where a quantized neighbour shares it.
+* ``keep_float_sensitive``: a sensitivity analysis quantizes each activation tensor alone and
+  keeps in float the consumers of the ones that change the outputs most (in YOLOv5n one tensor,
+  the second layer's output with a range of ~115 for mostly tiny values, costs more than the
+  next five together; its two 1x1 consumers are ~1% of the compute).
+* ``bias_correction``: per-channel mean shifts measured on the calibration images are removed.
+* The ranges come from the table (``calibrate``): for SiLU networks MinMax keeps the rare large
+  activations that carry detections, which entropy, percentile and MSE clipping lose.
+
+:func:`convert.ovutil.openvino_fold_qdq` rewrites the Q/DQ pairs of such a model, once read by OpenVINO, into
+the form OpenVINO's CPU plugin runs correctly (see there).
+"""
+from __future__ import annotations
+
+import fnmatch
+import itertools
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from convert.base import PassConfig
+from convert.errors import PassError
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+class QuantizeSettings(PassConfig):
+    """How a model is quantized: the quantize pass's parameters, also those of auto's candidates."""
+
+
+    activation_type: Literal["int8", "uint8"] = Field(
+        "int8", description="int8: symmetric activations (TensorRT requires it); uint8: asymmetric activations "
+        "(ONNX Runtime CPU, OpenVINO), finer steps for one-sided tensors such as SiLU outputs")
+    per_channel: bool = Field(True, description="weights scaled per output channel (else per tensor)")
+    op_types: list[str] = Field(list(WEIGHTED_OPS), description="node types whose inputs are quantized")
+    exclude_nodes: list[str] = Field(default_factory=list, description="node names or glob patterns "
+                                     "(e.g. '/model.24/*') kept in float")
+    exclude_types: list[str] = Field(default_factory=list, description="node types kept in float")
+    keep_head_float: bool = Field(False, description="keep the last weighted nodes before the graph outputs "
+                                  "(the head convolutions) in float")
+    keep_float_sensitive: int = Field(0, ge=0, description="also keep in float the consumers of the N activation "
+                                      "tensors whose quantization alone changes the outputs most (measured on the "
+                                      "calibration images kept in the table)")
+    sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity")
+    bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
+                                  "quantization causes, measured on the calibration images kept in the table")
+
+
+@dataclass
+class Quantized:
+    """What :func:`quantize_model` made.
+
+    Attributes:
+        model: The Q/DQ model (``onnx.ModelProto``).
+        plan: Which weighted nodes were quantized and which kept float.
+        sensitive: Tensors found most sensitive (kept float), with their error.
+        corrected: Convolution -> mean absolute bias correction.
+    """
+
+    model: Any
+    plan: NodePlan
+    sensitive: dict[str, float]
+    corrected: dict[str, float]
+
+
+def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSettings,
+                   batches: Callable[[], Iterable] | None,
+                   where: str, ctx=None, method: str = "") -> Quantized:
+    """Quantizes a float model with given ranges and settings: the work of the pass, reusable.
+
+    Args:
+        model: The float model (``onnx.ModelProto``); unnamed nodes get names in place.
+        ranges: Calibrated range of (at least) every activation the quantized nodes read.
+        c: The settings.
+        batches: Returns a fresh iterator over the calibration input batches (for sensitivity and
+            bias correction; called once per use, so images stream), or None if there are none
+            (an imported table).
+        where: Key path of the settings, for messages (``stages.quantize.with``).
+        ctx: Run context, for progress bars.
+        method: Calibration method of the ranges, for messages.
+
+    Raises:
+        PassError: A range is missing, the settings need calibration images that are not
+            there, or they leave nothing to quantize.
+    """
+    plan = plan_nodes(model, c, where)
+    needed = activation_inputs(model, plan.quantized)
+    missing = [t for t in needed if t not in ranges]
+    if missing:
+        raise PassError(f"the calibration table has no range for {len(missing)} tensor(s) the quantized nodes "
+                        f"read (first: {missing[0]!r}).",
+                        hint="calibrate this same model (the table's model digest must match), with op_types "
+                        "covering the quantized nodes.")
+    if (c.keep_float_sensitive or c.bias_correction) and batches is None:
+        raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
+                        f"has none (method {method}).",
+                        hint=f"set {where}.bias_correction: false and keep_float_sensitive: 0 for an imported table.")
+    sensitive: dict[str, float] = {}
+    if c.keep_float_sensitive:
+        probe = list(itertools.islice(batches(), c.sensitivity_samples))
+        errors = activation_sensitivity(model, {t: ranges[t] for t in needed}, probe, c.activation_type, ctx)
+        sensitive = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:c.keep_float_sensitive])
+        plan = plan.keep_float(consumers_of(model, plan.quantized, set(sensitive)))
+        if not plan.quantized:  # ONNX Runtime reads an empty node list as "quantize everything"
+            raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",
+                            hint=f"lower {where}.keep_float_sensitive.")
+        needed = activation_inputs(model, plan.quantized)
+    qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
+                          c.per_channel, c.op_types)
+    restore_float_inputs(qmodel, plan.kept_float)
+    corrected = correct_biases(model, qmodel, batches(), ctx) if c.bias_correction else {}
+    return Quantized(qmodel, plan, sensitive, corrected)
+
+
+class NodePlan:
+    """Which weighted nodes are quantized and which stay float.
+
+    Attributes:
+        quantized: Names of the nodes to quantize.
+        kept_float: Names of weighted nodes left in float (excluded or head).
+    """
+
+    def __init__(self, quantized: list[str], kept_float: list[str]):
+        self.quantized = quantized
+        self.kept_float = kept_float
+
+    def keep_float(self, names: set[str]) -> NodePlan:
+        """The plan with ``names`` moved from quantized to float."""
+        return NodePlan([n for n in self.quantized if n not in names],
+                        self.kept_float + [n for n in self.quantized if n in names])
+
+
+def plan_nodes(model, c: QuantizeSettings, where: str) -> NodePlan:
+    """Applies ``op_types``, the exclusions and ``keep_head_float`` to the model's nodes.
+
+    Unnamed nodes are named ``<op_type>_<index>`` in place (ONNX Runtime's quantizer selects
+    nodes by name).
+
+    Raises:
+        PassError: An exclusion matches no node (a typo would silently quantize everything).
+    """
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    nodes = list(model.graph.node)
+    types_present = {n.op_type for n in nodes}
+    for t in c.exclude_types:
+        if t not in types_present:
+            raise PassError(f"{where}.exclude_types: the model has no {t!r} node.",
+                            hint=f"types present: {', '.join(sorted(types_present))}.")
+    for pattern in c.exclude_nodes:
+        if not any(fnmatch.fnmatchcase(n.name, pattern) for n in nodes):
+            raise PassError(f"{where}.exclude_nodes: {pattern!r} matches no node name.",
+                            hint="node names are those of the ONNX graph (open it in Netron).")
+    weighted = [n for n in nodes if n.op_type in c.op_types]
+    head = set(head_nodes(model, c.op_types)) if c.keep_head_float else set()
+    quantized, kept = [], []
+    for n in weighted:
+        excluded = (n.op_type in c.exclude_types or n.name in head
+                    or any(fnmatch.fnmatchcase(n.name, p) for p in c.exclude_nodes))
+        (kept if excluded else quantized).append(n.name)
+    if not quantized:
+        raise PassError(f"no node left to quantize ({len(weighted)} of types {', '.join(c.op_types)}, all excluded).",
+                        hint=f"check {where}.op_types and the exclusions.")
+    return NodePlan(quantized, kept)
+
+
+def head_nodes(model, op_types) -> list[str]:
+    """The last weighted nodes: those of ``op_types`` reached walking back from the graph outputs
+    through other nodes only (the convolutions of a detection head)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen = [], set()
+    stack = [o.name for o in model.graph.output]
+    while stack:
+        t = stack.pop()
+        node = producer.get(t)
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in op_types:
+            found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return sorted(found)
+
+
+def consumers_of(model, nodes: list[str], tensors: set[str]) -> set[str]:
+    """The nodes among ``nodes`` that read any of ``tensors``."""
+    wanted = set(nodes)
+    return {n.name for n in model.graph.node if n.name in wanted and tensors.intersection(n.input)}
+
+
+def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batches: list, activation_type: str,
+                           ctx=None) -> dict[str, float]:
+    """How much quantizing each activation tensor alone changes the model's outputs.
+
+    For each tensor, a Q/DQ pair with its calibrated range is inserted in the float model and
+    the outputs are compared with the float model's over the batches: the error is the summed
+    squared difference of every output relative to the outputs' summed square. Weights stay
+    float: at 8 bits per channel their error is small next to that of per-tensor activations.
+
+    Args:
+        model: The float model (``onnx.ModelProto``).
+        ranges: Tensor -> calibrated (min, max), for the tensors to probe.
+        batches: Input batches.
+        activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric), as the pass quantizes.
+        ctx: Run context, for a progress bar.
+
+    Returns:
+        Tensor -> relative squared error of the outputs.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from convert.onnxutil import ort_session
+
+    reference = ort_session(model.SerializeToString())
+    input_name = reference.get_inputs()[0].name
+    expected = [reference.run(None, {input_name: x}) for x in batches]
+    energy = sum(float(np.sum(np.square(o, dtype=np.float64))) for outs in expected for o in outs)
+    errors = {}
+    for tensor in (ctx.bar(list(ranges), desc="sensitivity") if ctx else ranges):
+        scale, zero_point = _qparams(*ranges[tensor], activation_type)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        for node in probe.graph.node:
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = f"{tensor}_probe_dq"
+        probe.graph.initializer.extend([numpy_helper.from_array(scale, "probe_scale"),
+                                        numpy_helper.from_array(zero_point, "probe_zero_point")])
+        probe.graph.node.extend([
+            helper.make_node("QuantizeLinear", [tensor, "probe_scale", "probe_zero_point"], [f"{tensor}_probe_q"]),
+            helper.make_node("DequantizeLinear", [f"{tensor}_probe_q", "probe_scale", "probe_zero_point"],
+                             [f"{tensor}_probe_dq"])])
+        session = ort_session(probe.SerializeToString())
+        diff = 0.0
+        for x, outs in zip(batches, expected):
+            for got, ref in zip(session.run(None, {input_name: x}), outs):
+                diff += float(np.sum(np.square(got.astype(np.float64) - ref)))
+        errors[tensor] = diff / max(energy, 1e-30)
+    return errors
+
+
+def _qparams(lo: float, hi: float, activation_type: str):
+    """Scale and zero point of a range, as ONNX Runtime's quantizer computes them."""
+    import numpy as np
+
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if activation_type == "int8":
+        amax = max(-lo, hi)
+        return np.array(amax / 127 if amax else 1.0, np.float32), np.array(0, np.int8)
+    scale = (hi - lo) / 255 if hi > lo else 1.0
+    return np.array(scale, np.float32), np.array(int(np.clip(round(-lo / scale), 0, 255)), np.uint8)
+
+
+def activation_inputs(model, node_names: list[str]) -> list[str]:
+    """The non-constant float inputs of the named nodes (what gets an activation Q/DQ)."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted = set(node_names)
+    out: list[str] = []
+    for n in model.graph.node:
+        if n.name not in wanted:
+            continue
+        # Conv/ConvTranspose: X (W and B are constants); MatMul: A, B; Gemm: A, B (C is a bias).
+        reads = n.input[:2] if n.op_type in ("MatMul", "Gemm") else n.input[:1]
+        out += [t for t in reads if t and t not in constants and t not in out]
+    return out
+
+
+def restore_float_inputs(qmodel, nodes: list[str]) -> None:
+    """Makes the named (float) nodes read their inputs before quantization, in place.
+
+    ONNX Runtime's quantizer puts one Q/DQ pair on a tensor and points every consumer at the
+    dequantized copy; a node kept in float that shares its input with a quantized one (a head
+    convolution reading the same features as the next downsampling convolution) would still
+    see quantized values. This points such inputs back at the float tensor; the Q/DQ pair
+    stays for the quantized consumers.
+    """
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    wanted = set(nodes)
+    for node in qmodel.graph.node:
+        if node.name not in wanted:
+            continue
+        for i, name in enumerate(node.input):
+            q = _qdq_source(producer, name)
+            if q is not None:
+                node.input[i] = q.input[0]
+
+
+def _qdq_source(producer: dict, tensor: str):
+    """The QuantizeLinear node of a Q -> DQ pair whose DQ output is ``tensor``, else None."""
+    dq = producer.get(tensor)
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    return q if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,
+                 per_channel: bool, op_types: list[str]):
+    """Runs ONNX Runtime's QDQ quantizer with the given ranges (no calibration of its own).
+
+    Args:
+        model: The float model (``onnx.ModelProto``).
+        ranges: Range of every activation tensor to quantize.
+        nodes: Names of the nodes to quantize.
+        activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric).
+        per_channel: Per-output-channel weight scales.
+        op_types: Weighted op types (their outputs are left unquantized).
+
+    Returns:
+        The Q/DQ model (``onnx.ModelProto``).
+    """
+    import logging
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from calib.calibrators import to_tensors_data
+
+    symmetric = activation_type == "int8"
+    log = logging.getLogger()
+    level = log.level
+    log.setLevel(logging.ERROR)  # quantize_static warns that the model was not "pre-processed"; it need not be
+    try:
+        with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+            src, dst, cache = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx", Path(tmp) / "ranges.json"
+            onnx.save(model, str(src))
+            save_tensors_data(to_tensors_data(ranges), cache)
+            quantize_static(
+                str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types), per_channel=per_channel,
+                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
+                nodes_to_quantize=list(nodes), calibrate_method=CalibrationMethod.MinMax,
+                calibration_cache_path=str(cache),
+                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
+                               "OpTypesToExcludeOutputQuantization": list(op_types), "QuantizeBias": False})
+            return onnx.load(str(dst))
+    finally:
+        log.setLevel(level)
+
+
+def correct_biases(float_model, qmodel, batches, ctx=None) -> dict[str, float]:
+    """Empirical bias correction of the quantized convolutions of a Q/DQ model, in place.
+
+    Quantizing a convolution's weights and input shifts the mean of its output per channel
+    (rounding and clipping are not zero-mean on real data), and the shift travels down the
+    network. For every quantized convolution this measures, on the calibration images and
+    inside the quantized model, the mean output per channel against the same convolution in
+    float (float weights, the input before its Q/DQ) and subtracts the difference from the
+    bias. Each convolution is corrected for the shift it adds itself, given the inputs it
+    really receives, so corrections do not count an upstream shift twice (correcting every
+    layer against the float model's means instead overshoots and diverges). Convolutions
+    without a bias are left as they are.
+
+    Args:
+        float_model: The float model the Q/DQ model was made from (``onnx.ModelProto``).
+        qmodel: The Q/DQ model with float biases; its bias initializers are updated.
+        batches: Input batches (float32 arrays) of the calibration images.
+        ctx: Run context, for a progress bar.
+
+    Returns:
+        Convolution name -> mean absolute correction applied.
+    """
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from convert.onnxutil import ort_session
+
+    float_weights = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "Conv"}
+    float_inits = {i.name: i for i in float_model.graph.initializer}
+    inits = {i.name: i for i in qmodel.graph.initializer}
+    producer = {o: n for n in qmodel.graph.node for o in n.output}
+    opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 13)
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(qmodel)
+    del probe.graph.output[:]
+    added = {i.name for i in probe.graph.initializer}
+    targets = []
+    if opset >= 18:
+        probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 2, 3], np.int64), "bias_correction_axes"))
+
+    def channel_mean(tensor):
+        out = f"{tensor}_bias_correction_mean"
+        if opset >= 18:
+            node = helper.make_node("ReduceMean", [tensor, "bias_correction_axes"], [out], keepdims=0)
+        else:
+            node = helper.make_node("ReduceMean", [tensor], [out], keepdims=0, axes=[0, 2, 3])
+        probe.graph.node.append(node)
+        probe.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
+
+    for node in qmodel.graph.node:
+        q = _qdq_source(producer, node.input[0]) if node.op_type == "Conv" else None
+        if q is None or len(node.input) < 3 or node.input[2] not in inits or node.name not in float_weights:
+            continue
+        weight = float_weights[node.name]
+        if weight not in added:
+            probe.graph.initializer.append(float_inits[weight])
+            added.add(weight)
+        reference = f"{node.output[0]}_bias_correction_float"
+        probe.graph.node.append(helper.make_node("Conv", [q.input[0], weight, node.input[2]], [reference],
+                                                 name=f"{node.name}_bias_correction_float",
+                                                 **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+        channel_mean(node.output[0])
+        channel_mean(reference)
+        targets.append(node)
+    if not targets:
+        return {}
+    session = ort_session(probe.SerializeToString())
+    input_name = session.get_inputs()[0].name
+    sums, count = None, 0
+    for x in (ctx.bar(batches, desc="bias correction") if ctx else batches):
+        means = session.run(None, {input_name: x})
+        sums = [m * len(x) for m in means] if sums is None else [s + m * len(x) for s, m in zip(sums, means)]
+        count += len(x)
+    corrected = {}
+    for i, node in enumerate(targets):
+        shift = (sums[2 * i] - sums[2 * i + 1]) / count
+        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        inits[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), node.input[2]))
+        corrected[node.name] = float(np.abs(shift).mean())
+    return corrected
