@@ -64,3 +64,33 @@ def test_predict_errors_are_one_line(cli, tiny_e2e_run, tmp_path):
                          ((root, img), "neither an artifact folder")]:
         code, out, err = _predict(cli, root, *argv)
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1 and "Hint:" in err, (argv, err)
+
+
+def test_predict_pose_keypoints_are_in_original_pixels(cli, tmp_path):
+    import onnxruntime as ort
+
+    from convert.preprocess import load_image, preprocess
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "wide.jpg")
+    # a random yolov8n-pose scores about 0.01: a low threshold keeps a few detections
+    (tmp_path / "p.yaml").write_text("""
+stages:
+  load: {with: {source: ultralytics, arch: yolov8n-pose, input_size: [64, 64]}}
+  truncate_head: {}
+  export_onnx: {}
+  postprocess: {with: {score_threshold: 0.005, max_detections: 5}}
+""")
+    assert cli("run", "p.yaml", "--no-progress")[0] == 0
+    code, out, err = cli("predict", "p/postprocess", "wide.jpg", "--json")
+    assert code == 0, err
+    dets = json.loads(out)["images"][0]["detections"]
+    assert dets and all(len(d["keypoints"]) == 17 and all(len(k) == 3 for k in d["keypoints"]) for d in dets)
+    # independently: the graph's keypoints in network pixels, 64x48 letterboxed into 64x64 -> 8 px on top
+    model = next((tmp_path / "artifacts" / "p" / "latest" / "postprocess").glob("*.onnx"))
+    x, _ = preprocess(load_image(tmp_path / "wide.jpg"), {"size": [64, 64]})
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name: x})))
+    net = outs["keypoints"][0, :len(dets)]
+    assert np.allclose([d["keypoints"] for d in dets], net - [0, 8, 0], atol=2e-3)
+    assert (tmp_path / "predictions" / "wide.jpg").is_file()
