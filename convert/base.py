@@ -119,11 +119,11 @@ class RunContext:
     progress: bool = True
 
     def bar(self, iterable=None, total: int | None = None, desc: str = ""):
-        """A progress bar on stderr (tqdm), silent when progress is off."""
-        from tqdm import tqdm
+        """A progress bar on stderr named after the stage, silent when progress is off
+        (:func:`convert.progress.bar`)."""
+        from convert.progress import bar
 
-        return tqdm(iterable, total=total, desc=f"{self.stage}: {desc}".rstrip(": "),
-                    disable=not self.progress, leave=False, dynamic_ncols=True)
+        return bar(iterable, total, f"{self.stage}: {desc}".rstrip(": "), self.progress)
 
 
 class Pass:

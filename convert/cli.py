@@ -32,13 +32,14 @@ def _load(args):
 
 
 def _manager(args, spec, log=None, executor=None):
+    from convert import progress
     from convert.manager import Manager
     from convert.store import Store
 
     store, arts = _dirs(args, spec)
     trust = getattr(args, "trust_code", False) or os.environ.get("CONVERT_TRUST_CODE", "") == "1"
     return Manager(spec, Store(store, remote=_remote(args, spec)), arts, log=log or (lambda s: None),
-                   progress=not getattr(args, "no_progress", False) and sys.stderr.isatty(), trust_code=trust,
+                   progress=progress.wanted(getattr(args, "no_progress", False)), trust_code=trust,
                    executor=executor)
 
 
@@ -349,6 +350,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    """Run a published model on images: annotated images and detections in original-image pixels.
+
+    MODEL is NAME/VERSION/STAGE, NAME/STAGE (the latest version), NAME[/VERSION] (its single
+    end-to-end model), a version's stage folder or an artifact folder; end-to-end models use the
+    NMS in their graph, raw-head models are post-processed on the host. Writes DIR/<image>.jpg and
+    DIR/predictions.json (DIR/predictions.coco.json too with --coco); --json prints the JSON instead
+    of the summary (COCO results with --coco).
+    """
+    from convert import predict, progress
+
+    _, arts = _dirs(args)
+    artifact, where = predict.resolve_model(arts, args.model)
+    paths = predict.image_paths(args.images)
+    out = Path(args.out)
+    result = predict.run(artifact, paths, out, args.backend, args.conf, args.iou, args.max_det,
+                         progress=progress.wanted(args.no_progress))
+    raw = result.pop("_raw")
+    record = {"model": {"name": where, **result["model"]}, **{k: v for k, v in result.items() if k != "model"}}
+    (out / "predictions.json").write_text(json.dumps(record, indent=1) + "\n")
+    coco = predict.coco_json(raw) if args.coco else None
+    if coco is not None:
+        (out / "predictions.coco.json").write_text(json.dumps(coco, indent=1) + "\n")
+    if args.json:
+        print(json.dumps(coco if coco is not None else record, indent=1))
+        return 0
+    for im in record["images"]:
+        print(f"{im['file']}: {len(im['detections'])} detections -> {im['annotated']}")
+    print(f"wrote {out / 'predictions.json'}" + (f" and {out / 'predictions.coco.json'}" if coco is not None else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -415,6 +448,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NAME (its latest), NAME/VERSION or a version directory; two to compare")
     sp.add_argument("--output", "-o", metavar="DIR", help="where to write (default: the version directory; "
                     "for a comparison, the current directory)")
+    sp = add("predict", cmd_predict)
+    sp.add_argument("model", metavar="MODEL", help="NAME/VERSION/STAGE, NAME/STAGE, NAME[/VERSION], a stage folder "
+                    "or an artifact folder")
+    sp.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
+    sp.add_argument("--backend", choices=["onnxruntime", "openvino", "tensorrt", "torch"],
+                    help="run on this back-end (default: by kind; an onnx model may use openvino)")
+    sp.add_argument("--out", "-o", default="predictions", metavar="DIR", help="where to write (default: predictions)")
+    sp.add_argument("--conf", type=float, help="score threshold (default: end-to-end models' own, else 0.25)")
+    sp.add_argument("--iou", type=float, help="IoU of host-side NMS for raw-head models (default 0.45)")
+    sp.add_argument("--max-det", type=int, help="detections per image of host-side NMS (default 300)")
+    sp.add_argument("--json", action="store_true", help="print the detections as JSON on stdout")
+    sp.add_argument("--coco", action="store_true", help="also write COCO-style results (predictions.coco.json)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar")
     sp = add("gc", cmd_gc)
     sp.add_argument("--all", action="store_true", help="also remove objects that published versions use")
     return p

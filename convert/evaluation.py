@@ -414,16 +414,32 @@ def predict(runner, dataset: Dataset, meta: dict[str, Any], conf: float = YOLO_V
     Returns:
         One :class:`convert.postprocess.ImageDetections` per image, in original pixels.
     """
+    images = bar(dataset.images, total=len(dataset), desc="images") if bar else dataset.images
+    return [predict_image(runner, load_image(entry.path), meta, conf, iou, max_det) for entry in images]
+
+
+def predict_image(runner, img: np.ndarray, meta: dict[str, Any], conf: float = YOLO_VAL_DEFAULTS["conf"],
+                  iou: float = YOLO_VAL_DEFAULTS["iou"], max_det: int = YOLO_VAL_DEFAULTS["max_det"]):
+    """One image through a model: the model's preprocessing, inference, post-processing (in the
+    graph, or on the host for raw and decoded heads), boxes and keypoints mapped back.
+
+    What :func:`predict` (the evaluate pass), ``convert predict`` and the report's pictures all
+    call, so they see the same detections for the same image and settings.
+
+    Args:
+        runner: An active runner.
+        img: HxWx3 uint8 RGB (:func:`convert.preprocess.load_image`).
+        meta: The model artifact's metadata.
+        conf, iou, max_det: As for :func:`predict`.
+
+    Returns:
+        :class:`convert.postprocess.ImageDetections` in original-image pixels.
+    """
     from convert.runtime import infer
 
-    pp = meta.get("preprocess")
-    images = bar(dataset.images, total=len(dataset), desc="images") if bar else dataset.images
-    out = []
-    for entry in images:
-        x, tf = preprocess(load_image(entry.path), pp)
-        e2e = end2end_outputs(infer(runner, x), meta, conf, iou, max_det)
-        out.append(image_detections(e2e, 0, tf, conf))
-    return out
+    x, tf = preprocess(img, meta.get("preprocess"))
+    e2e = end2end_outputs(infer(runner, x), meta, conf, iou, max_det)
+    return image_detections(e2e, 0, tf, conf)
 
 
 def coco_results(dataset: Dataset, detections: list) -> list[dict[str, Any]]:
@@ -533,7 +549,8 @@ def evaluate_detections(dataset: Dataset, detections: list,
 
 def evaluate_model(runner, dataset: Dataset, meta: dict[str, Any], conf: float = YOLO_VAL_DEFAULTS["conf"],
                    iou: float = YOLO_VAL_DEFAULTS["iou"], max_det: int = YOLO_VAL_DEFAULTS["max_det"],
-                   kpt_sigmas: list[float] | None = None, bar: Callable | None = None) -> dict[str, Any]:
+                   kpt_sigmas: list[float] | None = None, bar: Callable | None = None,
+                   keep: list | None = None) -> dict[str, Any]:
     """Predicts on a dataset and scores it: the one call calibration and evaluation need.
 
     Example (choosing a calibrator on held-out images)::
@@ -550,6 +567,7 @@ def evaluate_model(runner, dataset: Dataset, meta: dict[str, Any], conf: float =
         conf, iou, max_det: Post-processing (YOLOv5 validation defaults).
         kpt_sigmas: OKS constants for pose (see :func:`coco_map`).
         bar: Progress bar factory (``ctx.bar``).
+        keep: A list the per-image detections are appended to (to store them).
 
     Returns:
         :func:`evaluate_detections`' figures plus ``images`` and ``seconds``.
@@ -560,6 +578,8 @@ def evaluate_model(runner, dataset: Dataset, meta: dict[str, Any], conf: float =
     t0 = time.perf_counter()
     with runner:
         detections = predict(runner, dataset, meta, conf, iou, max_det, bar)
+    if keep is not None:
+        keep.extend(detections)
     out = evaluate_detections(dataset, detections, kpt_sigmas)
     out.update(images=len(dataset), seconds=round(time.perf_counter() - t0, 3))
     return out

@@ -42,7 +42,7 @@ class Benchmark(Pass):
     """Latency p50/p90/p99 and throughput per back-end, precision and thread count, side by side."""
 
     name = "benchmark"
-    version = 1
+    version = 2
     Config = BenchmarkConfig
     inputs = {"models": Input(("onnx", "openvino", "tensorrt", "torch"), many=True, doc="artifacts to time")}
     output = "metrics"
@@ -97,7 +97,8 @@ class Benchmark(Pass):
             fig["speedup_vs_first"] = base / fig["p50_ms"]
             label = e["model"]["label"] + (f" t{e['threads']}" if e["threads"] else "")
             results.append({"label": label, "model": e["model"], "threads": e["threads"] or "default",
-                            "runner": e["runner"], "batch": c.batch, "iterations": len(ms), **fig})
+                            "runner": e["runner"], "batch": c.batch, "iterations": len(ms), **fig,
+                            "times_ms": [round(float(t), 4) for t in ms]})  # the report's distributions
         record = {"type": "benchmark", "host": cpu_info(), "load_average": {"before": load_before, "after": load_after},
                   "settings": {**c.model_dump(mode="json", exclude={"image"}),
                                "image": c.image.name if c.image else None},

@@ -12,6 +12,10 @@ A spec evaluates each artifact in its own stage; a stage may name earlier evalua
         gates: [{max_drop: {metric: mAP50-95, reference: fp32, value: 0.01}}]
 
 A failed gate fails the run (exit status 1) after the figures are stored and published.
+
+Beside ``metrics.json`` the artifact holds ``detections.json``: every detection scored, as COCO
+results (``bbox`` x, y, w, h in original-image pixels) with each image's ``file_name`` added, the
+same records ``convert predict --coco`` writes for the same image.
 """
 
 from __future__ import annotations
@@ -82,7 +86,7 @@ class Evaluate(Pass):
     """COCO mAP (boxes, keypoint OKS for pose) with pycocotools, for any back-end; accuracy gates."""
 
     name = "evaluate"
-    version = 2
+    version = 3
     Config = EvaluateConfig
     inputs = {
         "model": Input(("onnx", "openvino", "tensorrt", "torch"), doc="the model to evaluate"),
@@ -104,7 +108,7 @@ class Evaluate(Pass):
         return [yolo_label_path(p, None, None) for p in list_images(config.data)[:config.max_images]]
 
     def run(self, inputs, out, ctx) -> PassResult:
-        from convert.evaluation import class_names, evaluate_model, load_dataset
+        from convert.evaluation import class_names, coco_results, evaluate_model, load_dataset
         from convert.runtime import load_runner, model_info
 
         c: EvaluateConfig = self.config
@@ -119,7 +123,9 @@ class Evaluate(Pass):
                     "in_graph_nms": meta.get("postprocess") if info["end2end"] else None,
                     "preprocess": meta.get("preprocess"), "kpt_sigmas": c.kpt_sigmas}
         runner = load_runner(model, c.backend, c.threads)
-        figures = evaluate_model(runner, dataset, meta, c.conf, c.iou, c.max_det, c.kpt_sigmas, bar=ctx.bar)
+        detections: list = []
+        figures = evaluate_model(runner, dataset, meta, c.conf, c.iou, c.max_det, c.kpt_sigmas, bar=ctx.bar,
+                                 keep=detections)
         metrics = {k: figures[k] for k in METRICS if k in figures}
         record: dict[str, Any] = {
             "type": "evaluation", "label": label, "model": info, "runner": runner.settings,
@@ -133,6 +139,9 @@ class Evaluate(Pass):
         checks = [_check_gate(g, label, metrics, references, record) for g in c.gates]
         record["gates"] = checks
         (out / "metrics.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        files = {im.id: im.path.name for im in dataset.images}
+        results = [{**r, "file_name": files[r["image_id"]]} for r in coco_results(dataset, detections)]
+        (out / "detections.json").write_text(json.dumps(results, separators=(",", ":")) + "\n")
         summary = {**{k: round(v, 4) for k, v in metrics.items()}, "images": len(dataset),
                    "eval_seconds": figures["seconds"]}
         failures = [g["message"] for g in checks if not g["passed"]]

@@ -456,9 +456,13 @@ class TensorRT(Pass):
                 calib_profile = builder.create_optimization_profile()
                 calib_profile.set_shape(name, plan.calib_shape, plan.calib_shape, plan.calib_shape)
                 config.set_calibration_profile(calib_profile)
+        monitor = None  # kept referenced for the whole build: the builder holds only a pointer to it
+        if ctx.progress and hasattr(trt, "IProgressMonitor"):  # TensorRT >= 10: the builder reports its phases
+            monitor = config.progress_monitor = _progress_monitor(trt, ctx)
         try:
             engine = builder.build_serialized_network(network, config)
         finally:
+            del monitor  # only now may the monitor go
             if buffers is not None:
                 buffers.free()
         if engine is None:
@@ -530,3 +534,28 @@ def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[d
     return {n: onnxutil.max_abs_diff([ref[n]], [np.asarray(got[n])]) for n in names
             if np.issubdtype(ref[n].dtype, np.floating) and n in got}, kind
 
+
+
+def _progress_monitor(trt, ctx):
+    """A TensorRT progress monitor drawing one bar per top-level build phase (``ctx.bar``)."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.bars: dict[str, Any] = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            if parent_phase is None:  # nested phases would stack a bar per sub-step
+                self.bars[phase_name] = ctx.bar(total=num_steps, desc=f"engine: {phase_name}")
+
+        def step_complete(self, phase_name, step):
+            if phase_name in self.bars:
+                self.bars[phase_name].update(1)
+            return True  # keep building
+
+        def phase_finish(self, phase_name):
+            bar = self.bars.pop(phase_name, None)
+            if bar is not None:
+                bar.close()
+
+    return Monitor()

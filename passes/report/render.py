@@ -6,8 +6,11 @@ A report gathers the figures of a run — ``metrics`` artifacts written by the `
 
 * the accuracy x back-end x precision table (mAP, latency, size, agreement with the reference);
 * accuracy gates, cross-back-end errors, latency details, artifact sizes, per-pass timings;
-* plots (accuracy vs latency, per-pass time), made with matplotlib and embedded as base64 PNG,
-  so the HTML page loads nothing from anywhere;
+* the pipeline as a table and a small graph (stages, cached/ran/skipped, time, artifact sizes);
+* plots (accuracy vs latency, latency distributions per configuration, per-pass time), made with
+  matplotlib and embedded as base64 PNG, so the HTML page loads nothing from anywhere;
+* the report stage's pictures: each model's detections drawn on a few photos, side by side, and
+  what differs from the first (embedded as base64 JPEG);
 * per-class AP, and notes on how the figures were measured.
 
 The ``report`` pass renders one from its inputs (timings are not known yet while the run is
@@ -48,6 +51,8 @@ class RunData:
         artifacts: Model stages: ``stage``, ``kind``, ``precision``, ``size_bytes``, ``files``.
         selections: Calibration method choices (``method: auto``): the table's ``selection``
             plus ``_stage``.
+        pictures: Drawn detections (:func:`pictures_of`).
+        sizes: Stage name -> bytes of its files (published versions).
     """
 
     title: str
@@ -56,6 +61,8 @@ class RunData:
     stage_of: dict[str, str] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     selections: list[dict[str, Any]] = field(default_factory=list)
+    pictures: list[dict[str, Any]] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("type") == kind]
@@ -78,6 +85,7 @@ def load_version(path: Path) -> RunData:
         if stage.get("status") == "skipped" or sdir is None or not (sdir / ARTIFACT_JSON).is_file():
             continue
         art = json.loads((sdir / ARTIFACT_JSON).read_text())
+        data.sizes[name] = sum(p.stat().st_size for p in sdir.rglob("*") if p.is_file() and p.name != ARTIFACT_JSON)
         if art["kind"] == "metrics":
             record = json.loads((sdir / art["main"]).read_text())
             data.records.append({**record, "_stage": name})
@@ -91,7 +99,32 @@ def load_version(path: Path) -> RunData:
             data.artifacts.append({"stage": name, "kind": art["kind"],
                                    "precision": art["meta"].get("precision", "fp32"),
                                    "size_bytes": sum(files.values()), "files": files})
+        elif art["kind"] == "report":
+            data.pictures += pictures_of(sdir, name, data.stage_of)
     return data
+
+
+def pictures_of(folder: Path, stage: str | None, stage_of: dict[str, str]) -> list[dict[str, Any]]:
+    """The pictures a report stage drew (its ``pictures.json``), or none.
+
+    Returns:
+        One dict per photo: ``image``, ``jpeg`` (bytes), ``rel`` (path for Markdown, relative to
+        the report), ``models`` (label, stage or None, detections, difference counts), ``stage``.
+    """
+    from passes.report.pictures import PICTURES_JSON
+
+    index_file = folder / PICTURES_JSON
+    if not index_file.is_file():
+        return []
+    index = json.loads(index_file.read_text())
+    stages = {m["label"]: stage_of.get(m["digest"]) for m in index["models"]}
+    out = []
+    for pic in index["pictures"]:
+        models = [{**m, "stage": stages.get(m["label"])} for m in pic["models"]]
+        out.append({"image": pic["image"], "jpeg": (folder / pic["file"]).read_bytes(), "stage": stage,
+                    "rel": f"{stage}/{pic['file']}" if stage else pic["file"], "models": models,
+                    "settings": index.get("settings", {})})
+    return out
 
 
 def from_records(records: list[dict[str, Any]], title: str = "run") -> RunData:
@@ -208,6 +241,13 @@ class Plot:
     png: bytes
 
 
+@dataclass
+class Picture:
+    title: str
+    jpeg: bytes
+    rel: str
+
+
 def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
     """The report as a list of (kind, content): h2, p, table, plot, details."""
     rows = model_rows(data)
@@ -245,6 +285,7 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
     blocks += [("h2", "Accuracy × back-end × precision"), ("table", Table(headers, table))]
     if plots:
         blocks += [("plot", p) for p in _plots(data, rows)]
+    blocks += _picture_blocks(data)
 
     gates = [(e, g) for e in evals for g in e.get("gates", [])]
     if gates:
@@ -318,9 +359,13 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
         total = sum(float(s.get("seconds", 0)) for s in stages.values())
         hits = f"{cached} cache hit{'' if cached == 1 else 's'}"
         blocks += [("p", f"{len(stages)} stages, {hits}, {total:.1f} s in all."),
-                   ("table", Table(["stage", "pass", "status", "seconds", "summary"],
-                                   [[n, s["pass"], s.get("status", "?"), f"{float(s.get('seconds', 0)):.2f}",
+                   ("table", Table(["stage", "pass", "inputs", "status", "seconds", "size MB", "summary"],
+                                   [[n, s["pass"], ", ".join(_inputs(s)) or "—", s.get("status", "?"),
+                                     f"{float(s.get('seconds', 0)):.2f}",
+                                     _mb(data.sizes[n]) if n in data.sizes else "—",
                                      s.get("skipped") or _short(s.get("summary", {}))] for n, s in stages.items()]))]
+        if plots and _have_matplotlib():
+            blocks.append(("plot", _pipeline_graph(m, data.sizes)))
     else:
         blocks.append(("p", "Per-pass timings and cache hits are known only once the run is published: the "
                             "version's own report.html (beside its manifest.json) has them."))
@@ -333,6 +378,34 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
         blocks += [("h2", "Per-class keypoint AP (OKS mAP50-95)"), ("details", kpt_class)]
     if evals:
         blocks += [("h2", "How accuracy was measured"), ("p", _eval_notes(evals))]
+    return blocks
+
+
+def _inputs(stage: dict[str, Any]) -> list[str]:
+    return [n for names in stage.get("inputs", {}).values() for n in names]
+
+
+def _picture_blocks(data: RunData) -> list[tuple[str, Any]]:
+    """The drawn detections, per report stage: what each column is, then one picture per photo."""
+    blocks: list[tuple[str, Any]] = []
+    groups: dict[str | None, list[dict[str, Any]]] = {}
+    for p in data.pictures:
+        groups.setdefault(p["stage"], []).append(p)
+    for stage, pictures in groups.items():
+        s = pictures[0].get("settings", {})
+        legend = [[m["label"], m.get("stage") or "—", *[str(p["models"][j]["detections"]) for p in pictures]]
+                  for j, m in enumerate(pictures[0]["models"])]
+        blocks += [
+            ("h2", "Detections drawn" + (f" by {stage}" if stage and len(groups) > 1 else "")),
+            ("p", "Each model ran on each photo with its own recorded preprocessing; boxes and keypoints are mapped "
+                  "back to the original photo, so a letterbox or coordinate mistake shows here. End-to-end models "
+                  f"use the thresholds in their graph; raw-head models are post-processed on the host (score > "
+                  f"{s.get('conf', '?')}, IoU {s.get('iou', '?')}). The first row shows each model, the second each "
+                  f"later model against the first: red only in the first, blue only in that model, grey matched "
+                  f"(same class, IoU >= {s.get('match_iou', '?')}). Keypoints below visibility "
+                  f"{s.get('kpt_conf', '?')} are not drawn."),
+            ("table", Table(["column", "stage", *[f"detections {p['image']}" for p in pictures]], legend))]
+        blocks += [("picture", Picture(f"Detections on {p['image']}", p["jpeg"], p["rel"])) for p in pictures]
     return blocks
 
 
@@ -419,18 +492,87 @@ def _pyplot():
     return plt
 
 
-def _plots(data: RunData, rows: list[dict[str, Any]]) -> list[Plot]:
+def _have_matplotlib() -> bool:
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None:  # tables only (the `eval` extra brings the plots)
+    return importlib.util.find_spec("matplotlib") is not None  # else tables only (the `eval` extra brings plots)
+
+
+def _plots(data: RunData, rows: list[dict[str, Any]]) -> list[Plot]:
+    if not _have_matplotlib():
         return []
     plots = []
     acc = _accuracy_latency(rows, [data.title])
     if acc:
         plots.append(acc)
+    dist = _latency_distributions(data)
+    if dist:
+        plots.append(dist)
     if data.manifest:
         plots.append(_pass_times({data.title: data.manifest}))
     return plots
+
+
+def _latency_distributions(data: RunData) -> Plot | None:
+    """One box plot of per-inference latency per benchmarked configuration (model @ back-end, threads)."""
+    results = [r for b in data.of_type("benchmark") for r in b["results"] if r.get("times_ms")]
+    if not results:
+        return None
+    plt = _pyplot()
+    labels = [f"{_name(data, r['model'])} @ {r['model']['backend']}"
+              + (f" t{r['threads']}" if r["threads"] != "default" else "") for r in results]
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(results) + 1.3))
+    import matplotlib
+
+    # `vert` is deprecated from matplotlib 3.10, which brought `orientation`.
+    horizontal = {"orientation": "horizontal"} if tuple(int(v) for v in matplotlib.__version__.split(".")[:2]) \
+        >= (3, 10) else {"vert": False}
+    ax.boxplot([r["times_ms"] for r in results], whis=(1, 99), showfliers=True,
+               flierprops={"markersize": 3, "alpha": 0.5}, **horizontal)
+    ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per inference (ms); box: quartiles, whiskers: 1st-99th percentile")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Latency distribution per configuration")
+    return Plot("latency_distribution", "Latency distribution per configuration", _png(fig))
+
+
+def _pipeline_graph(manifest: dict[str, Any], sizes: dict[str, int]) -> Plot:
+    """The stages as a small left-to-right graph: a column per depth, edges from inputs, coloured by status."""
+    plt = _pyplot()
+    names = stage_order(manifest)
+    stages = manifest["stages"]
+    depth: dict[str, int] = {}
+    for n in names:
+        depth[n] = 1 + max((depth[i] for i in _inputs(stages[n]) if i in depth), default=-1)
+    columns: dict[int, list[str]] = {}
+    for n in names:
+        columns.setdefault(depth[n], []).append(n)
+    tallest = max(len(c) for c in columns.values())
+    pos = {n: (d, -(k - (len(col) - 1) / 2)) for d, col in columns.items() for k, n in enumerate(col)}
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.1 * len(columns)), max(1.8, 0.85 * tallest + 0.6)))
+    colour = {"ran": "#4c72b0", "cached": "#55a868", "skipped": "#c0c0c0"}
+    for n in names:
+        for i in _inputs(stages[n]):
+            if i in pos:
+                (x0, y0), (x1, y1) = pos[i], pos[n]
+                ax.annotate("", (x1 - 0.42, y1), (x0 + 0.42, y0),
+                            arrowprops={"arrowstyle": "->", "color": "#888", "lw": 0.8})
+    for n in names:
+        s = stages[n]
+        x, y = pos[n]
+        status = s.get("status", "?")
+        size = f", {sizes[n] / 1e6:.1f} MB" if sizes.get(n) else ""
+        ax.text(x, y, f"{n}\n{status} {float(s.get('seconds', 0)):.1f}s{size}", ha="center", va="center",
+                fontsize=7, color="white" if status != "skipped" else "#333",
+                bbox={"boxstyle": "round,pad=0.35", "fc": colour.get(status, "#8172b2"), "ec": "none"})
+    ax.set_xlim(-0.6, len(columns) - 0.4)
+    ax.set_ylim(-(tallest - 1) / 2 - 0.6, (tallest - 1) / 2 + 0.6)
+    ax.axis("off")
+    for st, c in colour.items():
+        ax.scatter([], [], color=c, marker="s", label=st)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, 1.12), ncol=3, frameon=False)
+    return Plot("pipeline", "Pipeline", _png(fig))
 
 
 _MARKERS = {"fp32": "o", "fp16": "s", "int8": "^"}
@@ -529,6 +671,8 @@ def render_markdown(title: str, blocks: list[tuple[str, Any]], stem: str = "repo
             out.append("")
         elif kind == "plot":
             out += [f"![{content.title}]({plot_file(stem, content)})", ""]
+        elif kind == "picture":
+            out += [f"![{content.title}]({content.rel})", ""]
     return "\n".join(out)
 
 
@@ -539,7 +683,7 @@ h1{font-size:1.5em;border-bottom:2px solid #ddd;padding-bottom:.3em}h2{font-size
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0}th,td{border:1px solid #ccc;padding:3px 7px;
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 td.fail{color:#b00;font-weight:bold}td.pass{color:#080}img{max-width:100%;border:1px solid #eee}
-figure{display:inline-block;margin:.5em 1em .5em 0}figcaption{font-size:.8em;color:#555}
+figure{display:inline-block;margin:.5em 1em .5em 0}figure.picture{display:block}figcaption{font-size:.8em;color:#555}
 p{line-height:1.45;max-width:70em}code{background:#f3f3f3;padding:0 3px}
 """
 
@@ -580,6 +724,11 @@ def render_html(title: str, blocks: list[tuple[str, Any]]) -> str:
             b64 = base64.b64encode(content.png).decode()
             out.append(f'<figure><img alt="{html.escape(content.title)}" src="data:image/png;base64,{b64}">'
                        f"<figcaption>{html.escape(content.title)}</figcaption></figure>")
+        elif kind == "picture":
+            b64 = base64.b64encode(content.jpeg).decode()
+            out.append(f'<figure class="picture"><img alt="{html.escape(content.title)}" '
+                       f'src="data:image/jpeg;base64,{b64}"><figcaption>{html.escape(content.title)}</figcaption>'
+                       "</figure>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 

@@ -34,7 +34,8 @@ def evaluation(model, m5095, label):
 def benchmark(models_p50):
     results = [{"label": m["label"], "model": m, "threads": 1, "runner": {"intra_op_num_threads": 1}, "batch": 1,
                 "iterations": 10, "p50_ms": p, "p90_ms": p * 1.1, "p99_ms": p * 1.3, "mean_ms": p, "min_ms": p * 0.9,
-                "std_ms": 1.0, "throughput_ips": 1000 / p, "speedup_vs_first": models_p50[0][1] / p}
+                "std_ms": 1.0, "throughput_ips": 1000 / p, "speedup_vs_first": models_p50[0][1] / p,
+                "times_ms": [p * f for f in (0.9, 1.0, 1.0, 1.1, 1.3)]}
                for m, p in models_p50]
     return {"type": "benchmark", "host": {"model": "CPU X", "logical_cpus": 2, "usable_cpus": 2},
             "load_average": {"before": [1.0, 1.0, 1.0], "after": [1.5, 1.0, 1.0]},
@@ -104,7 +105,9 @@ def test_report_is_self_contained_with_tables_and_plots(tmp_path):
     assert "<script" not in text and "<link" not in text and not re.search(r"(src|href)=\"(?!data:)", text)
     assert "http://" not in text and "https://" not in text
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
-    assert len(pngs) == 2 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    assert len(pngs) == 4 and all(base64.b64decode(p).startswith(b"\x89PNG") for p in pngs)
+    alts = re.findall(r'<img alt="([^"]+)"', text)
+    assert alts == ["Accuracy vs latency", "Latency distribution per configuration", "Per-pass time", "Pipeline"]
     for needle in ("Accuracy × back-end × precision", "<td>quantize</td>", "<td>0.3300</td>", "<td>20.00</td>",
                    "Accuracy gates", 'class="fail"', "Cross-back-end comparison against torch/fp32",
                    "7 stages, 1 cache hit,", "no tensorrt", "Per-class box AP", "rectangular batches",
@@ -181,3 +184,43 @@ def test_cli_report_on_a_real_run_and_two_versions(cli, tmp_path):
     assert code == 2 and "one version, or two" in err
     code, _, err = cli("report", "nope")
     assert code == 2 and "no published version" in err
+
+
+def test_published_report_shows_pipeline_latency_and_drawn_detections(tiny_e2e_run):
+    root, vdir = tiny_e2e_run
+    page = (vdir / "report.html").read_text()
+    alts = re.findall(r'<img alt="([^"]+)"', page)
+    assert alts == ["Accuracy vs latency", "Latency distribution per configuration", "Per-pass time",
+                    "Detections on 0.jpg", "Detections on 1.jpg", "Pipeline"]
+    jpegs = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', page)
+    assert len(jpegs) == 2 and all(base64.b64decode(j)[:2] == b"\xff\xd8" for j in jpegs)
+    # the legend names each picture column's stage; raw and end-to-end find the same boxes here
+    assert "<td>onnx/fp32@onnxruntime e2e</td><td>postprocess</td>" in page
+    assert "<td>onnx/fp32@onnxruntime raw</td><td>export_onnx</td>" in page
+    index = json.loads((vdir / "report" / "pictures.json").read_text())
+    for pic in index["pictures"]:
+        e2e, raw = pic["models"]
+        assert e2e["detections"] > 0 and raw["difference"] == {"matched": e2e["detections"], "only_ref": 0,
+                                                               "only_other": raw["detections"] - e2e["detections"]}
+    assert re.search(r"<td>postprocess</td><td>postprocess</td><td>export_onnx</td><td>ran</td><td>[0-9.]+</td>"
+                     r"<td>[1-9][0-9.]*</td>", page)  # pipeline table: inputs, status, seconds, size
+    md = (vdir / "report.md").read_text()
+    assert "![Detections on 0.jpg](report/pictures/00-0.jpg)" in md and (vdir / "report/pictures/00-0.jpg").is_file()
+    stage_page = (vdir / "report" / "report.html").read_text()  # the stage's own report has them too
+    assert len(re.findall(r"data:image/jpeg;base64,", stage_page)) == 2
+
+
+def test_report_pass_needs_something_to_report_and_detector_models(tmp_path):
+    import pytest
+
+    from convert.errors import ConvertError
+    from passes.report import Report, ReportConfig
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ConvertError, match="nothing to report"):
+        Report(ReportConfig()).run({}, out, RunContext("report", progress=False))
+    (tmp_path / "m").mkdir()
+    plain = Artifact("onnx", tmp_path / "m", "model.onnx", {}, "d")
+    with pytest.raises(ConvertError, match="neither NMS in its graph nor head metadata"):
+        Report(ReportConfig()).run({"models": [plain]}, out, RunContext("report", progress=False))
