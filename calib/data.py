@@ -178,17 +178,36 @@ def _from_files(files: list[Path], root: Path) -> tuple[Candidate, ...]:
     return tuple(out[k] for k in sorted(out))
 
 
+MAX_TEXT_BYTES = 256 << 20  # a list, dataset YAML or COCO JSON larger than this is not one
+
+
+def read_text(path: Path, what: str) -> str:
+    """A data description file's text; devices, FIFOs and oversized files are refused up front.
+
+    Raises:
+        ConvertError: Not a regular file, too large, unreadable or not text.
+    """
+    if not path.is_file():  # /dev/zero would never end, a FIFO would hang
+        raise ConvertError(f"{what} {path} is not a regular file (a folder, FIFO or device).",
+                           hint="point it at a list file, a dataset YAML or a COCO JSON.")
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:
+        raise ConvertError(f"{what} {path} is {size >> 20} MiB, too large for a data description.",
+                           hint="a list file names images, one per line; point at the folder of images instead.")
+    try:
+        return path.read_text()
+    except UnicodeDecodeError:
+        raise ConvertError(f"{what} {path} is not a text file.",
+                           hint="a list file has one image path per line.") from None
+
+
 def _read_list(path: Path) -> list[Path]:
     """Paths of a list file (or of one image given directly)."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [path]
     if path.is_dir():
         raise ConvertError(f"calibration data {path}: kind 'list' needs a text file, found a directory.")
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError:
-        raise ConvertError(f"calibration list {path} is not a text file.",
-                           hint="a list file has one image path per line.") from None
+    text = read_text(path, "calibration list")
     files = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -208,7 +227,7 @@ def _yolo_files(path: Path, split: str) -> list[Path]:
     import yaml
 
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(read_text(path, "dataset YAML"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConvertError(f"dataset YAML {path}: malformed ({str(e).splitlines()[0]}).") from None
     if not isinstance(spec, dict):
@@ -240,7 +259,7 @@ def _coco_files(path: Path, images: str | Path | None) -> tuple[list[Path], Path
     if path.is_dir():
         raise ConvertError(f"calibration data {path}: kind 'coco' needs an annotation JSON file.")
     try:
-        ann = json.loads(path.read_text())
+        ann = json.loads(read_text(path, "COCO annotation file"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConvertError(f"COCO annotation file {path}: not valid JSON ({e}).") from None
     entries = ann.get("images") if isinstance(ann, dict) else None

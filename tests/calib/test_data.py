@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,17 @@ def test_empty_or_missing_sources_are_clear_errors(tmp_path, setup, message):
     path = target.with_suffix(".txt") if target.with_suffix(".txt").exists() else target
     with pytest.raises(ConvertError, match=message):
         resolve_source(path)
+
+
+@pytest.mark.parametrize("kind", ["list", "yolo", "coco"])
+def test_a_device_or_fifo_as_data_description_is_refused_without_reading(tmp_path, kind):
+    import os
+
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)  # reading it would hang
+    for path in (Path("/dev/zero"), fifo):  # /dev/zero would be read without end
+        with pytest.raises(ConvertError, match="is not a regular file"):
+            resolve_source(path, kind=kind)
 
 
 def test_sampling_is_deterministic_and_seeded(tmp_path):
