@@ -184,25 +184,40 @@ def panel(tiles: Sequence[tuple[str, Any]], columns: int | None = None, tile_wid
 
     columns = columns or max(1, len(tiles))
     font = _font(14)
-    title_h = 22
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = 18
     scaled = []
     for title, im in tiles:
         h = max(1, round(im.height * tile_width / im.width))
-        scaled.append((title, im.resize((tile_width, h), Image.BILINEAR)))
+        lines = _wrap(measure, title, font, tile_width - 6)  # a long title would run into the next tile's
+        scaled.append((lines, im.resize((tile_width, h), Image.BILINEAR)))
     rows = [scaled[i:i + columns] for i in range(0, len(scaled), columns)]
-    row_h = [title_h + max(im.height for _, im in r) for r in rows]
+    title_h = [4 + line_h * max(len(lines) for lines, _ in r) for r in rows]
+    row_h = [t + max(im.height for _, im in r) for t, r in zip(title_h, rows)]
     gap = 6
     out = Image.new("RGB", (columns * tile_width + (columns - 1) * gap, sum(row_h) + gap * (len(rows) - 1)),
                     (255, 255, 255))
     draw = ImageDraw.Draw(out)
     y = 0
-    for r, h in zip(rows, row_h):
-        for k, (title, im) in enumerate(r):
+    for r, h, th in zip(rows, row_h, title_h):
+        for k, (lines, im) in enumerate(r):
             x = k * (tile_width + gap)
-            draw.text((x + 3, y + 3), title, fill=(20, 20, 20), font=font)
-            out.paste(im, (x, y + title_h))
+            for j, line in enumerate(lines):
+                draw.text((x + 3, y + 3 + j * line_h), line, fill=(20, 20, 20), font=font)
+            out.paste(im, (x, y + th))
         y += h + gap
     return out
+
+
+def _wrap(draw, text: str, font, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a longer word stays whole)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def encode(img, fmt: str = "JPEG") -> bytes:

@@ -635,9 +635,10 @@ def _pass_times(manifests: dict[str, dict[str, Any]]) -> Plot:
     ax.set_yticks([j + height * (len(manifests) - 1) / 2 for j in range(len(names))], names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
-    for st, c in status_color.items():
-        ax.barh([], [], color=c, label=st)
-    ax.legend(fontsize=7, loc="lower right")
+    from matplotlib.patches import Patch
+
+    # an empty barh draws no patch, so its legend entry took the default colour: name the colours directly
+    ax.legend(handles=[Patch(color=c, label=st) for st, c in status_color.items()], fontsize=7, loc="lower right")
     ax.set_title("Per-pass time")
     ax.grid(axis="x", alpha=0.3)
     return Plot("pass_times", "Per-pass time", _png(fig))
