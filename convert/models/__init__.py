@@ -24,6 +24,7 @@ from types import ModuleType
 ARCHITECTURES: dict[str, str] = {
     "yolov5": "convert.models.yolo",
     "ultralytics": "convert.models.ultralytics",
+    "mmyolo": "convert.models.mmyolo",
 }
 """``load`` source name -> architecture module."""
 
