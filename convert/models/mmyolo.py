@@ -323,6 +323,7 @@ def build_detector(model_cfg: dict, seed: int = 0, deploy: bool = True) -> nn.Mo
         deploy: Switch re-parameterizable blocks to their deploy form.
     """
     import_mmyolo()
+    from mmengine.config import ConfigDict
     from mmyolo.registry import MODELS
 
     _check_detector(model_cfg, "mmyolo config")
@@ -331,7 +332,7 @@ def build_detector(model_cfg: dict, seed: int = 0, deploy: bool = True) -> nn.Mo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            detector = MODELS.build(cfg)
+            detector = MODELS.build(ConfigDict(cfg))  # heads read their cfg by attribute
         except Exception as e:
             raise ConvertError(f"mmyolo cannot build the config's model: {type(e).__name__}: "
                                f"{str(e).splitlines()[0] if str(e) else ''}",
