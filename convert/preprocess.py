@@ -15,7 +15,8 @@ and boxes and keypoints map back through exactly the transform that was applied.
         "top_left" (padding at the bottom and right only: mmdet's ``Pad``, YOLOX).
     interpolation: "bilinear" (PIL, antialiased; the default), "cv2_bilinear" (OpenCV, as mmdet's
         ``Resize``) or "cv2_area" (OpenCV area when shrinking, bilinear when enlarging, sizes
-        rounded half up: mmyolo's ``YOLOv5KeepRatioResize``). The cv2 modes need OpenCV.
+        truncated: mmyolo's ``YOLOv5KeepRatioResize``); cv2_bilinear rounds sizes half up, as
+        ``mmcv.rescale_size``. The cv2 modes need OpenCV.
     channel_order: "RGB" or "BGR".
     scale: multiplier applied after resizing (1/255).
     mean, std: per-channel, applied after ``scale``: (x*scale - mean) / std.
@@ -108,7 +109,9 @@ def letterbox(img: np.ndarray, size: tuple[int, int], pad_value: int = 114, mini
     r = min(H / h0, W / w0)
     if interpolation == "bilinear":
         nw, nh = int(round(w0 * r)), int(round(h0 * r))
-    else:  # mmcv.rescale_size rounds half up
+    elif interpolation == "cv2_area":  # mmyolo's YOLOv5KeepRatioResize truncates
+        nw, nh = int(w0 * r), int(h0 * r)
+    else:  # mmdet's Resize (mmcv.rescale_size) rounds half up
         nw, nh = int(w0 * r + 0.5), int(h0 * r + 0.5)
     if minimal_pad:
         H = int(np.ceil(nh / stride) * stride)
