@@ -1,0 +1,159 @@
+"""mmyolo YOLOv5-n: our end-to-end ONNX against mmyolo's own predict, mAP, and INT8 drop (issue 10's figures).
+
+Runs, on coco128 with mmyolo's test settings (score 0.001, NMS IoU 0.65, 300 detections, square letterbox):
+
+1. mmyolo's own PyTorch ``inference_detector`` (its pipeline, its post-processing) on every image;
+2. this project's ``load (source: mmyolo) -> truncate_head -> export_onnx -> postprocess`` on ONNX Runtime
+   and OpenVINO: the share of mmyolo detections with score > 0.5 matched (same class, IoU > 0.9) and the
+   largest box difference of matched pairs;
+3. ``evaluate`` of the FP32 truncated model (host-side post-processing) against mmyolo's 0.348;
+4. ``calibrate`` (minmax, 64 images) + ``quantize`` (INT8 Q/DQ) + ``evaluate``: the drop against FP32.
+
+Needs the mmyolo extra. Usage (from the repository root):
+
+    python bench/mmyolo_agreement.py [--weights PATH] [--data DIR] [--max-images N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+FIX = ROOT.parent / "shared" / "fixtures"
+if not FIX.exists():
+    FIX = Path("/work/shared/fixtures")
+CONFIG = "yolov5_n-v61_syncbn_fast_8xb16-300e_coco"
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of one box with many (x1y1x2y2)."""
+    iw = np.clip(np.minimum(a[2], b[:, 2]) - np.maximum(a[0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[3], b[:, 3]) - np.maximum(a[1], b[:, 1]), 0, None)
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--weights", type=Path, default=FIX / "weights" / "yolov5n_mmyolo.pth")
+    ap.add_argument("--data", type=Path, default=FIX / "datasets" / "coco128")
+    ap.add_argument("--max-images", type=int, default=None)
+    ap.add_argument("--skip-int8", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    from convert import postprocess as pp
+    from convert.base import Artifact, RunContext
+    from convert.models import mmyolo
+    from convert.models.checkpoint import load_state_dict_file
+    from convert.onnxutil import ort_session
+    from convert.preprocess import list_images, load_image, preprocess
+    from passes.export_onnx import ExportOnnx, ExportOnnxConfig
+    from passes.load import Load, LoadConfig
+    from passes.postprocess import Postprocess, PostprocessConfig
+    from passes.truncate_head import TruncateHead, TruncateHeadConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmyolo_bench_"))
+
+    def step(p, name, **inputs):
+        out = tmp / name
+        out.mkdir()
+        res = p.run(inputs, out, RunContext(name, progress=False))
+        return Artifact(res.kind, out, res.main, res.meta, name), res
+
+    images = list_images(args.data / "images") if (args.data / "images").exists() else list_images(args.data)
+    images = images[:args.max_images] if args.max_images else images
+    t0 = time.time()
+    # 1. mmyolo itself
+    cfg = mmyolo.read_config(CONFIG)
+    from mmdet.apis import inference_detector, init_detector
+
+    ref = init_detector(cfg, None, device="cpu")
+    ref.load_state_dict(load_state_dict_file(args.weights), strict=True)  # safe unpickler, not torch.load
+    ref.eval()
+    settings = mmyolo.test_settings(cfg.model.to_dict())
+    want = []
+    with torch.no_grad():
+        for path in images:
+            r = inference_detector(ref, str(path)).pred_instances
+            want.append((r.bboxes.numpy(), r.scores.numpy(), r.labels.numpy()))
+    t_ref = time.time() - t0
+
+    # 2. ours, end to end
+    loaded, _ = step(Load(LoadConfig(source="mmyolo", arch=CONFIG, weights=args.weights)), "load")
+    cut, _ = step(TruncateHead(TruncateHeadConfig()), "cut", model=loaded)
+    body, _ = step(ExportOnnx(ExportOnnxConfig(opset=17)), "onnx", model=cut)
+    e2e, _ = step(Postprocess(PostprocessConfig(**settings)), "e2e", model=body)
+    import openvino as ov
+
+    sess = ort_session(e2e.file)
+    ov_model = ov.Core().compile_model(str(e2e.file), "CPU")
+    stats = {"onnxruntime": [0, 0, 0.0, 0], "openvino": [0, 0, 0.0, 0]}  # matched, wanted, max diff, count
+    for path, (wb, ws, wl) in zip(images, want):
+        x, tf = preprocess(load_image(path), e2e.meta["preprocess"])
+        outs = {"onnxruntime": dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))}
+        res = ov_model(x)
+        outs["openvino"] = {o.get_any_name(): res[o] for o in ov_model.outputs}
+        for backend, o in outs.items():
+            got = pp.Detections.from_outputs(o).image(0).to_original(tf)
+            s = stats[backend]
+            s[3] += len(got)
+            used = np.zeros(len(got), bool)
+            for box, score, label in zip(wb, ws, wl):
+                if score <= 0.5:
+                    continue
+                s[1] += 1
+                ok = (~used) & (got.classes == label)
+                if not ok.any():
+                    continue
+                ious = np.where(ok, iou(box, got.boxes), 0)
+                j = int(ious.argmax())
+                if ious[j] > 0.9:
+                    used[j] = True
+                    s[0] += 1
+                    s[2] = max(s[2], float(np.abs(got.boxes[j] - box).max()))
+    n_ref = sum(len(w[1]) for w in want)
+    print(f"mmyolo {CONFIG} + {args.weights.name} on {len(images)} images of {args.data.name} "
+          f"(score {settings['score_threshold']}, NMS IoU {settings['iou_threshold']}, "
+          f"{settings['max_detections']} detections; mmyolo predict {t_ref:.0f} s)")
+    print(f"  mmyolo detections: {n_ref}")
+    for backend, (m, w, d, c) in stats.items():
+        print(f"  end-to-end ONNX on {backend}: {c} detections; mmyolo detections with score > 0.5 matched "
+              f"(same class, IoU > 0.9): {m}/{w} = {m / max(w, 1):.4f} (done when > 0.5); "
+              f"largest box difference {d:.3f} px")
+
+    # 3. mAP of the FP32 truncated model (host-side post-processing at mmyolo's settings)
+    from passes.evaluate import Evaluate, EvaluateConfig
+
+    ev = dict(data=args.data, conf=settings["score_threshold"], iou=settings["iou_threshold"],
+              max_det=settings["max_detections"], max_images=args.max_images)
+    _, r32 = step(Evaluate(EvaluateConfig(**ev, label="fp32")), "eval_fp32", model=body)
+    m32 = r32.summary["mAP50-95"]
+    print(f"  our evaluate, FP32 truncated ONNX: mAP50-95 {m32:.4f}, mAP50 {r32.summary.get('mAP50', float('nan')):.4f}"
+          f" (mmyolo's own: 0.348; difference {abs(m32 - 0.348) * 100:.2f} points, done when <= 20)")
+    if args.skip_int8:
+        return
+    # 4. INT8 drop
+    from passes.calibrate import Calibrate, CalibrateConfig
+    from passes.quantize import Quantize, QuantizeConfig
+
+    table, _ = step(Calibrate(CalibrateConfig(data=args.data, num=64, method="minmax")), "calib", model=body)
+    q, _ = step(Quantize(QuantizeConfig(activation_type="int8", keep_head_float=True, keep_float_sensitive=1,
+                                        bias_correction=True)), "quant", model=body, table=table)
+    _, r8 = step(Evaluate(EvaluateConfig(**ev, label="int8")), "eval_int8", model=q)
+    m8 = r8.summary["mAP50-95"]
+    print(f"  truncated-head INT8 (Q/DQ, minmax, 64 images): mAP50-95 {m8:.4f}, drop {(m32 - m8) * 100:.2f} points "
+          "against FP32 (done when <= 0.3)")
+    print(f"  total {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
