@@ -54,7 +54,6 @@ def main() -> None:
     from convert.base import Artifact, RunContext
     from convert.models import mmyolo
     from convert.models.checkpoint import load_state_dict_file
-    from convert.onnxutil import ort_session
     from convert.preprocess import list_images, load_image, preprocess
     from passes.export_onnx import ExportOnnx, ExportOnnxConfig
     from passes.load import Load, LoadConfig
@@ -94,37 +93,28 @@ def main() -> None:
     e2e, _ = step(Postprocess(PostprocessConfig(**settings)), "e2e", model=body)
     import openvino as ov
 
-    sess = ort_session(e2e.file)
-    ov_model = ov.Core().compile_model(str(e2e.file), "CPU")
-    stats = {"onnxruntime": [0, 0, 0.0, 0], "openvino": [0, 0, 0.0, 0]}  # matched, wanted, max diff, count
+    from convert.runtime import infer, load_runner
+
+    runners = {"onnxruntime": load_runner(e2e, "onnxruntime"), "openvino": load_runner(e2e, "openvino")}
+    for r in runners.values():
+        r.activate()
+    core = ov.Core()
+    ov_default = core.compile_model(str(e2e.file), "CPU")  # no INFERENCE_PRECISION_HINT: the CPU's default
+    default_precision = ov_default.get_property("INFERENCE_PRECISION_HINT")
+    label_default = f"openvino, CPU default precision ({default_precision})"
+    stats = {k: [0, 0, 0.0, 0] for k in [*runners, label_default]}  # matched, wanted, max diff, count
     for path, (wb, ws, wl) in zip(images, want):
         x, tf = preprocess(load_image(path), e2e.meta["preprocess"])
-        outs = {"onnxruntime": dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"images": x})))}
-        res = ov_model(x)
-        outs["openvino"] = {o.get_any_name(): res[o] for o in ov_model.outputs}
-        for backend, o in outs.items():
-            got = pp.Detections.from_outputs(o).image(0).to_original(tf)
-            s = stats[backend]
-            s[3] += len(got)
-            used = np.zeros(len(got), bool)
-            for box, score, label in zip(wb, ws, wl):
-                if score <= 0.5:
-                    continue
-                s[1] += 1
-                ok = (~used) & (got.classes == label)
-                if not ok.any():
-                    continue
-                ious = np.where(ok, iou(box, got.boxes), 0)
-                j = int(ious.argmax())
-                if ious[j] > 0.9:
-                    used[j] = True
-                    s[0] += 1
-                    s[2] = max(s[2], float(np.abs(got.boxes[j] - box).max()))
+        outs = {k: infer(r, x) for k, r in runners.items()}
+        res = ov_default(x)
+        outs[label_default] = {o.get_any_name(): res[o] for o in ov_default.outputs}
     n_ref = sum(len(w[1]) for w in want)
     print(f"mmyolo {CONFIG} + {args.weights.name} on {len(images)} images of {args.data.name} "
           f"(score {settings['score_threshold']}, NMS IoU {settings['iou_threshold']}, "
           f"{settings['max_detections']} detections; mmyolo predict {t_ref:.0f} s)")
     print(f"  mmyolo detections: {n_ref}")
+    for r in runners.values():
+        r.deactivate()
     for backend, (m, w, d, c) in stats.items():
         print(f"  end-to-end ONNX on {backend}: {c} detections; mmyolo detections with score > 0.5 matched "
               f"(same class, IoU > 0.9): {m}/{w} = {m / max(w, 1):.4f} (done when > 0.5); "
