@@ -50,7 +50,6 @@ def main() -> None:
 
     import torch
 
-    from convert import postprocess as pp
     from convert.base import Artifact, RunContext
     from convert.models import mmyolo
     from convert.models.checkpoint import load_state_dict_file

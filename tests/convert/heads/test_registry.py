@@ -33,7 +33,8 @@ def test_parse_gives_the_family_type_with_its_fields(make, cls):
 @pytest.mark.parametrize("head,match", [
     (None, "no head metadata"),
     ({"nc": 1}, "no head metadata"),
-    ({"type": "yolov10", "nc": 1}, r"'yolov10' is not supported.*distance, yolov5, yolov5_pose, yolov8, yolov8_pose, yolox"),
+    ({"type": "yolov10", "nc": 1},
+     r"'yolov10' is not supported.*distance, yolov5, yolov5_pose, yolov8, yolov8_pose, yolox"),
     ({**synthetic_yolov8_head(), "anchors": []}, r"head metadata \(yolov8\): anchors: Extra inputs"),
     ({k: v for k, v in synthetic_head().items() if k != "na"}, r"head metadata \(yolov5\): na: Field required"),
     ({**synthetic_yolov8_head(), "nc": "many"}, r"nc: Input should be a valid integer"),
