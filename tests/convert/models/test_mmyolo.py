@@ -173,21 +173,37 @@ def test_mmyolo_yolov8_checkpoint_loads_into_the_own_ultralytics_builder(tmp_pat
 
 
 @needs_mmyolo
-def test_truncated_maps_decode_on_the_host_as_mmyolo_decodes():
-    """Host-side numpy decode of the raw maps equals mmyolo's bbox coder on its own head outputs."""
+@pytest.mark.parametrize("cfg,head_type,fields", [
+    ("rtmdet_tiny_syncbn_fast_8xb32-300e_coco", "distance", {"bins": 0, "offset": 0.0}),
+    ("yolov8_n_syncbn_fast_8xb16-500e_coco", "distance", {"bins": 16, "offset": 0.5}),
+    ("ppyoloe_plus_s_fast_8xb8-80e_coco", "distance", {"bins": 17, "offset": 0.5}),
+    ("yolov6_n_syncbn_fast_8xb32-400e_coco", "distance", {"bins": 0, "offset": 0.5}),  # RepVGG: deploy form
+    ("yolox_tiny_fast_8xb8-300e_coco", "yolox", {}),
+    ("yolov7_tiny_syncbn_fast_8x16b-300e_coco", "yolov5", {"na": 3}),
+    (YOLOV5, "yolov5", {"na": 3}),
+])
+def test_truncated_maps_decode_on_the_host_as_mmyolo_decodes(cfg, head_type, fields):
+    """Host-side numpy decode of the raw maps equals mmyolo's priors + bbox coder on its own head
+    outputs (YOLOv5/v7: the family's torch decode), and the recipe rebuilds the same module."""
     from convert import heads
 
-    for cfg in ("rtmdet_tiny_syncbn_fast_8xb32-300e_coco", "yolox_tiny_fast_8xb8-300e_coco", YOLOV5):
-        m, _ = architecture("mmyolo").load(ModelRequest(arch=cfg, seed=0))
-        x = torch.rand(1, 3, 256, 256)
-        with torch.no_grad():
-            decoded = m(x)
-            maps = [t.numpy() for t in m.truncate_head()(x)]
-        head = heads.parse(m.head_meta())
-        got = head.decode(maps)
-        want = head.decoded_candidates(decoded.numpy())
-        np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
-        np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    m, recipe = architecture("mmyolo").load(ModelRequest(arch=cfg, seed=0))
+    meta = m.head_meta()
+    assert meta["type"] == head_type and {k: meta[k] for k in fields} == fields
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        decoded = m(x)
+        maps = [t.numpy() for t in m.truncate_head()(x)]
+    head = heads.parse(m.head_meta())
+    head.check_maps([p.shape for p in maps])
+    got = head.decode(maps)
+    want = head.decoded_candidates(decoded.numpy())
+    np.testing.assert_allclose(got.boxes, want.boxes, atol=1e-3)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-6)
+    rebuilt = architecture("mmyolo").from_recipe(recipe)
+    rebuilt.load_state_dict(m.state_dict(), strict=True)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(rebuilt.truncate_head()(x), m(x)))
 
 
 @needs_mmyolo
