@@ -93,8 +93,6 @@ def resolve_config(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
     if p.is_file():
         return p
-    if str(name_or_path).endswith(".py") and (p.is_absolute() or len(p.parts) > 2):
-        raise ConvertError(f"mmyolo config file {name_or_path} does not exist.", hint="check the path.")
     root = config_dir()
     if (root / p).is_file():
         return root / p
@@ -121,11 +119,16 @@ def read_config(name_or_path: str | Path):
                            hint="check the file, and that its _base_ files exist.") from None
 
 
+def _plain(o: Any) -> Any:
+    if hasattr(o, "to_dict"):  # a nested ConfigDict
+        return o.to_dict()
+    raise TypeError(type(o).__name__)
+
+
 def _jsonable(obj: Any) -> Any:
     """A config section as plain JSON (tuples to lists); ``ConvertError`` for anything else."""
     try:
-        return json.loads(json.dumps(obj, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else
-                                     (_ for _ in ()).throw(TypeError(type(o).__name__))))
+        return json.loads(json.dumps(obj, default=_plain))
     except TypeError as e:
         raise ConvertError(f"the config's model section holds a {e} object, which cannot be recorded.",
                            hint="write the config with plain values (type names as strings).") from None

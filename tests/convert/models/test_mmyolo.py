@@ -241,3 +241,16 @@ def test_an_mmyolo_checkpoint_without_arch_says_to_give_one(tmp_path):
     torch.save({"state_dict": {"backbone.stem.conv.weight": torch.zeros(1), "bbox_head.x": torch.zeros(1)}}, weights)
     with pytest.raises(ConvertError, match="mmyolo checkpoint.*does not say its architecture"):
         architecture("yolov5").load(ModelRequest(weights=weights))
+
+
+def test_load_config_needs_one_mmyolo_config_and_a_config_file_is_code(tmp_path):
+    from pydantic import ValidationError
+
+    from passes.load import Load, LoadConfig
+
+    with pytest.raises(ValidationError, match="source mmyolo needs one config"):
+        LoadConfig(source="mmyolo")
+    cfg_file = tmp_path / "my_config.py"
+    cfg_file.write_text("_base_ = []\n")
+    assert "executes the config file" in Load.runs_code(LoadConfig(source="mmyolo", arch_file=cfg_file))
+    assert Load.runs_code(LoadConfig(source="mmyolo", arch=YOLOV5)) is None
