@@ -75,10 +75,18 @@ def _mmyolo_predict(model, img_rgb):
                               res.labels[order].numpy().astype(np.int32))
 
 
-def _threshold_in_a_gap(model, photos, n: int = 15) -> float:
-    """A score threshold leaving about ``n`` detections per photo, in the widest gap between the
-    reference's scores nearby, so float32 rounding cannot move a pair across it."""
-    scores = np.sort(np.concatenate([_mmyolo_predict(model, img).scores for img in photos]))[::-1]
+def _threshold_in_a_gap(model, photos, size: int, n: int = 40) -> float:
+    """A score threshold leaving about ``n`` (box, class) pairs per photo before NMS, in the widest gap
+    between the pairs' scores nearby, so float32 rounding cannot move a pair across it (computed from
+    the head outputs with mmyolo's own coder, without running its NMS on every pair)."""
+    from convert.models import mmyolo
+
+    pre = {**mmyolo.preprocess_from_config(model.cfg), "size": [size, size]}
+    x = torch.from_numpy(np.concatenate([preprocess(img, pre)[0] for img in photos]))
+    with torch.no_grad():
+        outs = model.bbox_head.head_module(model.extract_feat(x))
+    scores = mmyolo._coder_decode(model.bbox_head, outs[0], outs[1], outs[2] if len(outs) > 2 else None)[..., 4:]
+    scores = np.sort(scores.flatten().numpy())[::-1]
     lo, hi = n * len(photos) // 2, n * len(photos) * 2
     i = lo + int(np.argmax(scores[lo:hi] - scores[lo + 1:hi + 1]))
     return float((scores[i] + scores[i + 1]) / 2)
@@ -97,8 +105,9 @@ def test_end2end_onnx_on_ort_and_openvino_equals_mmyolo_predict(tmp_path, config
     from passes.truncate_head import TruncateHead, TruncateHeadConfig
 
     size = 320
-    ref = _mmyolo_model(config, seed=0, score_thr=0.001, size=size, spread=spread, calibrate_bn=calibrate_bn)
-    score_thr = _threshold_in_a_gap(ref, _photos())
+    score_thr = 0.5  # replaced below by one in a gap of the model's scores
+    ref = _mmyolo_model(config, seed=0, score_thr=score_thr, size=size, spread=spread, calibrate_bn=calibrate_bn)
+    score_thr = _threshold_in_a_gap(ref, _photos(), size)
     ref.bbox_head.test_cfg.score_thr = score_thr
     weights = tmp_path / "w.pth"
     torch.save({"state_dict": ref.state_dict()}, weights)
