@@ -53,7 +53,8 @@ def import_mmyolo():
     """
     missing = [m for m in ("mmyolo", "mmdet", "mmengine", "mmcv") if importlib.util.find_spec(m) is None]
     if missing:
-        raise ConvertError(f"source: mmyolo needs {', '.join(missing)}, which is not installed.", hint=EXTRA_HINT)
+        raise ConvertError(f"source: mmyolo needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                           "not installed.", hint=EXTRA_HINT)
     from convert.models import mmcv_shim
 
     mmcv_shim.install()
