@@ -10,7 +10,8 @@ Semantics
 ---------
 1. **Decode**, by the head's family (one module per family in :mod:`convert.heads`, which
    documents its layout and arithmetic: :mod:`convert.heads.yolov5` for YOLOv5 / YOLO-Pose,
-   :mod:`convert.heads.yolov8` for ultralytics YOLOv8 / YOLO11) into candidates, in the order
+   :mod:`convert.heads.yolov8` for ultralytics YOLOv8 / YOLO11, :mod:`convert.heads.distance` and
+   :mod:`convert.heads.yolox` for mmyolo's anchor-free families) into candidates, in the order
    level, anchor, y, x (candidate index ``n``):
 
    * ``boxes [B, N, 4]`` x1, y1, x2, y2 in network-input pixels;

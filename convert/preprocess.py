@@ -11,6 +11,12 @@ and boxes and keypoints map back through exactly the transform that was applied.
         output is then smaller than ``size``, so only for dynamic-shape models.
     stride: the model's largest stride (for ``minimal_pad``).
     pad_value: letterbox fill value (0-255).
+    align: letterbox placement: "center" (YOLOv5, mmyolo's LetterResize; the default) or
+        "top_left" (padding at the bottom and right only: mmdet's ``Pad``, YOLOX).
+    interpolation: "bilinear" (PIL, antialiased; the default), "cv2_bilinear" (OpenCV, as mmdet's
+        ``Resize``) or "cv2_area" (OpenCV area when shrinking, bilinear when enlarging, sizes
+        truncated: mmyolo's ``YOLOv5KeepRatioResize``); cv2_bilinear rounds sizes half up, as
+        ``mmcv.rescale_size``. The cv2 modes need OpenCV.
     channel_order: "RGB" or "BGR".
     scale: multiplier applied after resizing (1/255).
     mean, std: per-channel, applied after ``scale``: (x*scale - mean) / std.
@@ -95,27 +101,49 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 def letterbox(img: np.ndarray, size: tuple[int, int], pad_value: int = 114, minimal_pad: bool = False,
-              stride: int = 32) -> tuple[np.ndarray, Transform]:
+              stride: int = 32, align: str = "center", interpolation: str = "bilinear"
+              ) -> tuple[np.ndarray, Transform]:
     """Resizes keeping the aspect ratio and pads to ``size`` (or to a stride multiple)."""
     h0, w0 = img.shape[:2]
     H, W = size
     r = min(H / h0, W / w0)
-    nw, nh = int(round(w0 * r)), int(round(h0 * r))
+    if interpolation == "bilinear":
+        nw, nh = int(round(w0 * r)), int(round(h0 * r))
+    elif interpolation == "cv2_area":  # mmyolo's YOLOv5KeepRatioResize truncates
+        nw, nh = int(w0 * r), int(h0 * r)
+    else:  # mmdet's Resize (mmcv.rescale_size) rounds half up
+        nw, nh = int(w0 * r + 0.5), int(h0 * r + 0.5)
     if minimal_pad:
         H = int(np.ceil(nh / stride) * stride)
         W = int(np.ceil(nw / stride) * stride)
     dw, dh = (W - nw) / 2, (H - nh) / 2
-    resized = _resize(img, nw, nh) if (nw, nh) != (w0, h0) else img
-    top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    resized = _resize(img, nw, nh, interpolation, r) if (nw, nh) != (w0, h0) else img
+    if align == "top_left":
+        top = left = 0
+    elif align == "center":
+        top, left = int(round(dh - 0.1)), int(round(dw - 0.1))
+    else:
+        raise ConvertError(f"preprocess.align: unknown value {align!r}.", hint="use center or top_left.")
     out = np.full((H, W, 3), pad_value, dtype=np.uint8)
     out[top:top + nh, left:left + nw] = resized
     return out, Transform((nw / w0, nh / h0), (float(left), float(top)), (h0, w0))
 
 
-def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    from PIL import Image
+def _resize(img: np.ndarray, w: int, h: int, interpolation: str = "bilinear", ratio: float = 1.0) -> np.ndarray:
+    if interpolation == "bilinear":
+        from PIL import Image
 
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+        return np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+    if interpolation not in ("cv2_bilinear", "cv2_area"):
+        raise ConvertError(f"preprocess.interpolation: unknown value {interpolation!r}.",
+                           hint="use bilinear, cv2_bilinear or cv2_area.")
+    try:
+        import cv2
+    except ImportError:
+        raise ConvertError(f"preprocess.interpolation {interpolation} needs OpenCV (cv2), which is not installed.",
+                           hint="pip install opencv-python-headless, or use interpolation: bilinear.") from None
+    mode = cv2.INTER_AREA if interpolation == "cv2_area" and ratio < 1 else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=mode)
 
 
 def preprocess(img: np.ndarray, pp: dict[str, Any] | None = None) -> tuple[np.ndarray, Transform]:
@@ -131,10 +159,12 @@ def preprocess(img: np.ndarray, pp: dict[str, Any] | None = None) -> tuple[np.nd
     pp = {**DEFAULT_PREPROCESS, **(pp or {})}
     H, W = pp["size"]
     if pp["resize"] == "letterbox":
-        net, tf = letterbox(img, (H, W), int(pp["pad_value"]), bool(pp["minimal_pad"]), int(pp["stride"]))
+        net, tf = letterbox(img, (H, W), int(pp["pad_value"]), bool(pp["minimal_pad"]), int(pp["stride"]),
+                            pp.get("align") or "center", pp.get("interpolation") or "bilinear")
     elif pp["resize"] == "stretch":
         h0, w0 = img.shape[:2]
-        net = _resize(img, W, H) if (h0, w0) != (H, W) else img
+        net = _resize(img, W, H, pp.get("interpolation") or "bilinear", min(H / h0, W / w0)) \
+            if (h0, w0) != (H, W) else img
         tf = Transform((W / w0, H / h0), (0.0, 0.0), (h0, w0))
     else:
         raise ConvertError(f"preprocess.resize: unknown mode {pp['resize']!r}.", hint="use letterbox or stretch.")

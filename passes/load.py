@@ -23,18 +23,25 @@ class PreprocessConfig(PassConfig):
     scale: float = Field(1 / 255, gt=0, description="multiplier applied to 0-255 pixel values")
     mean: tuple[float, float, float] = Field((0.0, 0.0, 0.0), description="subtracted after scaling")
     std: tuple[float, float, float] = Field((1.0, 1.0, 1.0), description="divided by after subtracting the mean")
+    align: Literal["center", "top_left"] | None = Field(
+        None, description="letterbox placement: center (default) or top_left (pads bottom/right, mmdet's Pad)")
+    interpolation: Literal["bilinear", "cv2_bilinear", "cv2_area"] | None = Field(
+        None, description="resize filter: bilinear (PIL, default), cv2_bilinear, cv2_area (OpenCV area when "
+        "shrinking, as mmyolo's YOLOv5KeepRatioResize)")
 
 
 class LoadConfig(PassConfig):
-    source: Literal["yolov5", "ultralytics", "python", "onnx"] = Field(
+    source: Literal["yolov5", "ultralytics", "mmyolo", "python", "onnx"] = Field(
         "yolov5", description="yolov5: YOLOv5-repository model (YOLOv5, YOLO-Pose); ultralytics: YOLOv8 / YOLO11 "
-        "detection or pose; both built by this project from `arch` or the checkpoint. python: an nn.Module from "
-        "`factory`; onnx: an existing ONNX file given as `weights`")
+        "detection or pose; both built by this project from `arch` or the checkpoint. mmyolo: built by mmyolo "
+        "(the mmyolo extra) from a config (`arch`: bundled config name, or `arch_file`) and `weights`; python: an "
+        "nn.Module from `factory`; onnx: an existing ONNX file given as `weights`")
     arch: str | None = Field(
         None, description="yolov5: built-in architecture (yolov5n, yolov5s, yolov5s-pose); ultralytics: yolov8n, "
         "yolov8n-pose, yolo11n, yolo11n-pose; default: the checkpoint's own (an ultralytics checkpoint always "
-        "uses its own)")
-    arch_file: InputPath | None = Field(None, description="yolov5 / ultralytics: a model-YAML file instead of `arch`")
+        "uses its own); mmyolo: a bundled config name (e.g. yolov5_n-v61_syncbn_fast_8xb16-300e_coco)")
+    arch_file: InputPath | None = Field(None, description="yolov5 / ultralytics: a model-YAML file instead of `arch`; "
+                                        "mmyolo: a config file (Python: runs only with --trust-code)")
     builder: Literal["own", "ultralytics"] = Field(
         "own", description="ultralytics: own: this project's modules (no ultralytics import); ultralytics: the "
         "installed ultralytics package builds the layers (for architectures the own builder does not know)")
@@ -64,6 +71,10 @@ class LoadConfig(PassConfig):
                 example = "yolov5s" if self.source == "yolov5" else "yolo11n-pose"
                 raise ValueError(f"source {self.source} needs arch (e.g. {example}), arch_file or a checkpoint in "
                                  "weights")
+        elif self.source == "mmyolo":
+            if bool(self.arch) == bool(self.arch_file):
+                raise ValueError("source mmyolo needs one config: arch (a bundled config name, e.g. "
+                                 "yolov5_n-v61_syncbn_fast_8xb16-300e_coco) or arch_file (a config file)")
         elif self.source == "python" and not self.factory:
             raise ValueError("source python needs factory: 'package.module:function'")
         elif self.source == "onnx" and not self.weights:
@@ -91,6 +102,8 @@ class Load(Pass):
 
     @classmethod
     def runs_code(cls, config: LoadConfig) -> str | None:
+        if config.source == "mmyolo" and config.arch_file is not None:
+            return f"source: mmyolo executes the config file {str(config.arch_file)!r} (mmengine configs are Python)"
         return f"source: python imports the factory {config.factory!r}" if config.source == "python" else None
 
     @classmethod
@@ -115,10 +128,13 @@ class Load(Pass):
         head = module.head_meta() if hasattr(module, "head_meta") else None
         names = list(getattr(module, "names", None) or (head or {}).get("names") or [])
         stride = max(head["strides"]) if head else 32
+        # the model's own preprocessing (mmyolo: from its config), then what the spec sets explicitly
+        own = dict(getattr(module, "preprocess", None) or {})
+        size = list(c.input_size) if "input_size" in c.model_fields_set or "size" not in own else own["size"]
         meta = {"model": recipe, "truncated": False, "head": head, "names": names,
-                "preprocess": {**DEFAULT_PREPROCESS, **c.preprocess.model_dump(mode="json"),
-                               "size": list(c.input_size), "stride": int(stride)},
-                "input": {"name": "images", "shape": [1, 3, *c.input_size]}}
+                "preprocess": {**DEFAULT_PREPROCESS, **own, **c.preprocess.model_dump(mode="json", exclude_unset=True),
+                               "size": size, "stride": int(stride)},
+                "input": {"name": "images", "shape": [1, 3, *size]}}
         n_params = sum(p.numel() for p in module.parameters())
         return PassResult("torch", "model.pt", meta, {"params": n_params, "pretrained": c.weights is not None})
 

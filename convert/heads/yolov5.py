@@ -1,4 +1,8 @@
-"""The YOLOv5 head family: YOLOv5 v6.1 ``Detect`` and YOLO-Pose ``IKeypoint`` (anchor-based).
+"""The YOLOv5 head family: YOLOv5 v6.1 ``Detect`` and YOLO-Pose ``IKeypoint`` (anchor-based); also
+mmyolo's ``YOLOv5Head`` and ``YOLOv7Head``, whose ``convs_pred`` maps have this layout and whose
+``YOLOv5BBoxCoder`` decode is this one (mmyolo writes the centre as ``(s - 0.5)*2*stride +
+(grid + 0.5)*stride``, equal up to float rounding, and orders candidates level, y, x, anchor, which
+only matters for ties).
 
 Layout
 ------

@@ -1,8 +1,8 @@
 """Model code: one module per architecture family, reached through :data:`ARCHITECTURES`.
 
 Each architecture module (``convert.models.yolo`` for the YOLOv5 repository's models,
-``convert.models.ultralytics`` for ultralytics YOLOv8 / YOLO11) builds its models with the
-project's own code and provides two functions the ``load`` pass and
+``convert.models.ultralytics`` for ultralytics YOLOv8 / YOLO11, both built with the project's own
+code; ``convert.models.mmyolo``, built by mmyolo from its configs) provides two functions the ``load`` pass and
 :mod:`convert.torchmodel` dispatch to:
 
 * ``load(request: ModelRequest) -> (module, recipe)``: a model from an architecture and/or a
@@ -24,6 +24,7 @@ from types import ModuleType
 ARCHITECTURES: dict[str, str] = {
     "yolov5": "convert.models.yolo",
     "ultralytics": "convert.models.ultralytics",
+    "mmyolo": "convert.models.mmyolo",
 }
 """``load`` source name -> architecture module."""
 
@@ -33,7 +34,8 @@ class ModelRequest:
     """What the ``load`` pass asks an architecture module for.
 
     Attributes:
-        arch: Built-in architecture name or model-YAML path; None: the checkpoint's own.
+        arch: Built-in architecture name or model-YAML path (mmyolo: config name or file); None: the
+            checkpoint's own.
         weights: Checkpoint or state-dict file; None: random weights (seeded).
         nc: Number of classes; None: the checkpoint's or the architecture's.
         names: Class names; None: the checkpoint's, else generated.

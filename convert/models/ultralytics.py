@@ -931,6 +931,10 @@ def load(request) -> tuple[UltralyticsModel, dict]:
     build = wrap_ultralytics if request.builder == "ultralytics" else build_model
     model = build(arch, nc=nc, names=names, seed=request.seed)
     if state is not None:
+        from convert.models import mmyolo_keys
+
+        if mmyolo_keys.is_mmyolo_state(state):  # an mmyolo YOLOv8 checkpoint: its converter's renaming, reversed
+            state = mmyolo_keys.to_ultralytics(state, model.state_dict())
         load_weights(model, state, source=str(request.weights))
     recipe = {"source": "ultralytics", "builder": request.builder, "arch": model.arch, "nc": int(model.head.nc),
               "names": list(model.names), "seed": request.seed}

@@ -594,6 +594,7 @@ def load(request) -> tuple[YoloModel, dict]:
     names = list(request.names) if request.names else None
     nc = request.nc
     if request.weights is not None and arch is None:
+        _refuse_mmyolo_without_arch(request.weights)
         ckpt = load_checkpoint(request.weights)
         if ckpt.model_class.startswith("ultralytics."):
             raise ConvertError(f"{request.weights} is an ultralytics checkpoint ({ckpt.model_class}), not a YOLOv5 "
@@ -611,10 +612,27 @@ def load(request) -> tuple[YoloModel, dict]:
         raise ConvertError(f"names: {len(names)} class names for nc={nc}.", hint="give one name per class.")
     model = build_model(arch, nc=nc, names=names, seed=request.seed)
     if state is not None:
+        from convert.models import mmyolo_keys
+
+        if mmyolo_keys.is_mmyolo_state(state):  # an mmyolo YOLOv5 checkpoint: its converter's renaming, reversed
+            state = mmyolo_keys.to_yolov5(state, model.state_dict())
         load_weights(model, state, source=str(request.weights))
     recipe = {"source": "yolov5", "arch": model.arch, "nc": int(model.head.nc), "names": model.names,
               "seed": request.seed}
     return model, recipe
+
+
+def _refuse_mmyolo_without_arch(path) -> None:
+    """An mmyolo state dict names no architecture: say so instead of "no model in the checkpoint"."""
+    from convert.models import mmyolo_keys
+    from convert.models.checkpoint import load_pickle
+
+    obj = load_pickle(path)
+    state = obj.get("state_dict") if isinstance(obj, dict) else None
+    if isinstance(state, dict) and mmyolo_keys.is_mmyolo_state(state):
+        raise ConvertError(f"{path} is an mmyolo checkpoint (a state dict), which does not say its architecture.",
+                           hint="give arch (e.g. yolov5n for mmyolo's yolov5_n config), or use source: mmyolo "
+                           "with its config.")
 
 
 def from_recipe(recipe: dict) -> YoloModel:

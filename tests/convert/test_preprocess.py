@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from convert.errors import ConvertError
 from convert.preprocess import DEFAULT_PREPROCESS, preprocess
 
 
@@ -45,3 +46,24 @@ def test_boxes_map_back_and_clip_to_the_image():
     assert tf.pad == (0.0, 140.0) and tf.gain == (0.5, 0.5)
     box = np.array([[10, 150, 650, 400]], np.float32)
     np.testing.assert_allclose(tf.boxes_to_original(box), [[20, 20, 1280, 520]])
+
+
+def test_mmyolo_style_letterboxes():
+    """cv2_area truncates the resized size (YOLOv5KeepRatioResize), cv2_bilinear rounds half up (mmcv's
+    rescale_size); top_left pads only bottom/right (mmdet's Pad); results map back through the transform."""
+    pytest.importorskip("cv2")
+
+    from convert.preprocess import letterbox
+
+    img = np.random.default_rng(0).integers(0, 255, (500, 741, 3), dtype=np.uint8)
+    out, tf = letterbox(img, (320, 320), 114, interpolation="cv2_area")
+    assert out.shape == (320, 320, 3) and tf.gain[1] == 215 / 500 and tf.pad == (0.0, 52.0)
+    assert (out[:52] == 114).all() and (out[52 + 215:] == 114).all()
+    out, tf = letterbox(img, (320, 320), 0, interpolation="cv2_bilinear", align="top_left")
+    assert tf.gain[1] == 216 / 500 and tf.pad == (0.0, 0.0) and (out[216:] == 0).all() and out[:216].any()
+    _, tf = letterbox(img, (320, 320))
+    assert tf.gain[1] == 216 / 500  # PIL default: round()
+    with pytest.raises(ConvertError, match="preprocess.align"):
+        letterbox(img, (320, 320), align="middle")
+    with pytest.raises(ConvertError, match="preprocess.interpolation"):
+        letterbox(img, (320, 320), interpolation="cubic")

@@ -6,15 +6,17 @@ import pytest
 
 from convert import heads
 from convert.errors import ConvertError
+from convert.heads.distance import DistanceHead
 from convert.heads.yolov5 import YOLOv5Head
 from convert.heads.yolov8 import YOLOv8Head
+from convert.heads.yolox import YOLOXHead
 
 from synthetic import synthetic_head, synthetic_yolov8_head
 
 
 def test_every_family_module_registers_its_types():
-    assert heads.registry() == {"yolov5": YOLOv5Head, "yolov5_pose": YOLOv5Head,
-                                "yolov8": YOLOv8Head, "yolov8_pose": YOLOv8Head}
+    assert heads.registry() == {"distance": DistanceHead, "yolov5": YOLOv5Head, "yolov5_pose": YOLOv5Head,
+                                "yolov8": YOLOv8Head, "yolov8_pose": YOLOv8Head, "yolox": YOLOXHead}
     for t in heads.types():
         assert heads.has_keypoints(t) == t.endswith("_pose")
 
@@ -31,7 +33,8 @@ def test_parse_gives_the_family_type_with_its_fields(make, cls):
 @pytest.mark.parametrize("head,match", [
     (None, "no head metadata"),
     ({"nc": 1}, "no head metadata"),
-    ({"type": "yolov10", "nc": 1}, r"'yolov10' is not supported.*yolov5, yolov5_pose, yolov8, yolov8_pose"),
+    ({"type": "yolov10", "nc": 1},
+     r"'yolov10' is not supported.*distance, yolov5, yolov5_pose, yolov8, yolov8_pose, yolox"),
     ({**synthetic_yolov8_head(), "anchors": []}, r"head metadata \(yolov8\): anchors: Extra inputs"),
     ({k: v for k, v in synthetic_head().items() if k != "na"}, r"head metadata \(yolov5\): na: Field required"),
     ({**synthetic_yolov8_head(), "nc": "many"}, r"nc: Input should be a valid integer"),
