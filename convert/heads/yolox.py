@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from convert.errors import ConvertError
 from convert.heads import Head
 from convert.heads.yolov5 import _sigmoid, grid
 
@@ -82,13 +81,7 @@ class YOLOXHead(Head):
         return GraphCandidates(boxes, scores, None, self.nc, 0, batch)
 
     def decoded_candidates(self, decoded: np.ndarray):
-        from convert.postprocess import Candidates
-
-        d = np.asarray(decoded, dtype=np.float32)
-        if d.ndim != 3 or d.shape[-1] != 4 + self.nc:
-            raise ConvertError(f"decoded output has shape {list(d.shape)}, the {self.type!r} head says "
-                               f"[B, N, 4+nc = {4 + self.nc}].")
-        return Candidates(np.ascontiguousarray(d[..., :4]), np.ascontiguousarray(d[..., 4:]))
+        return self._xyxy_scores(decoded)
 
     def torch_candidates(self, decoded):
         d = decoded.detach().float().cpu()
