@@ -68,6 +68,11 @@ class AutoConfig(PassConfig):
     margin: float = Field(0.01, ge=0, le=1, description="the first candidate listed that scores within this of the "
                           "best is chosen: on 64 images, scores differ by about a point (0.01) from sampling noise "
                           "alone; lower it when scoring on many more images")
+    screen_images: int = Field(16, ge=0, description="first round: every candidate is scored on this many of the "
+                               "held-out images, and only those within screen_margin of the best there on all "
+                               "max_images (0: one round on all)")
+    screen_margin: float = Field(0.03, ge=0, le=1, description="first-round score below the best beyond which a "
+                                 "candidate is not scored further (16 images: sampling noise is a few points)")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads while scoring")
     quantize: QuantizeSettings = Field(
         default_factory=QuantizeSettings, description="how each candidate is quantized: give the quantize "
@@ -316,7 +321,7 @@ class Calibrate(Pass):
         params = {m: method_params(m, c.num_bins, c.percentile, c.entropy_stride) for m in candidates}
         return selection.select(model.file, meta, candidates, params, dataset, a.quantize,
                                 lambda: calibration_batches(samples, pp), a.metric, f"stages.{ctx.stage}.with.auto",
-                                a.threads, ctx, a.margin)
+                                a.threads, ctx, a.margin, a.screen_images, a.screen_margin)
 
 
 def _keep(samples, folder):
