@@ -61,16 +61,6 @@ import numpy as np
 from convert.errors import ConvertError
 from convert.preprocess import Transform
 
-DEFAULT_PRE_TOP_K = 1000
-"""The pre-NMS top-k of end-to-end models (the postprocess pass's default).
-
-Step 2 commutes with the score threshold, so it changes no detection of an image on which at most
-``k`` candidates pass the threshold. YOLOv5n at 640 px on coco128 at score 0.25: at most 246
-candidates pass (mean 44), so 1000 leaves a margin of four, while NonMaxSuppression then sees
-``80 x 1000`` instead of ``80 x 25 200`` scores (bench/nms_cost.py). At mAP-evaluation thresholds
-(0.001) up to ~7000 pass, which is why evaluation keeps no top-k unless asked.
-"""
-
 OUTPUT_NAMES = ("num_dets", "boxes", "scores", "classes", "keypoints")
 """Output names of every end-to-end model and of host-side post-processing (keypoints: pose only)."""
 

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 from convert import heads
 from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import ConvertError, PassError
-from convert.postprocess import DEFAULT_PRE_TOP_K, NMSSettings
+from convert.postprocess import NMSSettings
 
 
 class PostprocessConfig(PassConfig):
@@ -28,10 +28,8 @@ class PostprocessConfig(PassConfig):
     iou_threshold: float = Field(0.45, ge=0, le=1, description="NMS drops a pair whose IoU with a kept pair of the "
                                  "same class is above this")
     max_detections: int = Field(100, ge=1, description="detections per image (K of the padded outputs)")
-    pre_top_k: int | None = Field(DEFAULT_PRE_TOP_K, ge=1, description="keep only this many candidates, by best "
-                                  "class score, before NMS (null: all). It changes no detection where at most this "
-                                  f"many candidates pass score_threshold (yolov5n on coco128 at 0.25: at most 246); "
-                                  f"NMS then costs a fraction (default {DEFAULT_PRE_TOP_K})")
+    pre_top_k: int | None = Field(None, ge=1, description="keep only this many candidates, by best class score, "
+                                  "before NMS (null: all)")
     class_agnostic: bool = Field(False, description="NMS across classes, each box taking its best class")
     head_type: str | None = Field(None, description=f"the head type the input must have ({', '.join(heads.types())}); "
                                   "null: whatever the input's metadata says")
