@@ -295,10 +295,16 @@ class Calibrate(Pass):
             sel = selection.record
             metric = sel["metric"]
             meta["selection"] = {"metric": metric, "chosen": method, "fp32": sel["fp32"]["metrics"][metric],
-                                 "scores": {m: r["metrics"][metric] for m, r in sel["candidates"].items()}}
+                                 "scores": {m: r["metrics"][metric] for m, r in sel["candidates"].items()
+                                            if not r.get("screened_out")}}
+            dropped = [m for m, r in sel["candidates"].items() if r.get("screened_out")]
+            if dropped:  # scored on the first round's images only: not comparable with the scores
+                meta["selection"]["screened_out"] = dropped
             # Method and scores first: the run's one-line report shows the first few figures.
             summary = {"method": f"{method} (auto, {metric})", **meta["selection"]["scores"],
-                       "fp32": meta["selection"]["fp32"], **{k: v for k, v in summary.items() if k != "method"}}
+                       "fp32": meta["selection"]["fp32"],
+                       **({"screened_out": ", ".join(dropped)} if dropped else {}),
+                       **{k: v for k, v in summary.items() if k != "method"}}
         return PassResult("calib_table", "table.json", meta, summary)
 
     def _select(self, model, candidates, cset, samples_dir, pp, ctx):

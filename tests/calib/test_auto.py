@@ -124,7 +124,7 @@ def test_a_first_round_on_few_images_drops_the_clear_losers(tmp_path, detector, 
     data = square_dataset(tmp_path / "ds", n=14)
     auto = {"candidates": ["percentile", "minmax", "entropy"], "quantize": {"bias_correction": False},
             "screen_images": 3, "screen_margin": 0.2}
-    _, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90, auto=auto)
+    res, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90, auto=auto)
     sel = table["selection"]
     # first round: fp32 and the three candidates on 3 images; then fp32 and the one contender on all 8
     # (entropy, like percentile at 90, clips the squares' brightness)
@@ -137,6 +137,9 @@ def test_a_first_round_on_few_images_drops_the_clear_losers(tmp_path, detector, 
     assert sel["candidates"]["minmax"]["metrics"]["mAP50-95"] == pytest.approx(1.0)
     assert "screened_out" not in sel["candidates"]["minmax"] and sel["holdout"]["images"] == 8
     assert sel["chosen"] == table["method"] == "minmax"
+    assert res.meta["selection"]["scores"] == {"minmax": pytest.approx(1.0)}  # first-round figures stay out
+    assert res.meta["selection"]["screened_out"] == ["percentile", "entropy"]
+    assert res.summary["screened_out"] == "percentile, entropy"
     # one round (the default's 16 images are more than the 8 held out): the same choice, every candidate in full
     _, one = calibrate(tmp_path, detector, "one", data=data, num=6, method="auto", percentile=90,
                        auto={**auto, "screen_images": 0})
