@@ -8,7 +8,11 @@ the end-to-end model's time minus the truncated model's, per image. For comparis
 host-side numpy post-processing of the truncated model's outputs is timed too.
 
 Two score thresholds are measured: 0.25 (deployment) and 0.001 (mAP evaluation, many more
-candidates reach NMS).
+candidates reach NMS), each without a pre-NMS top-k and with the postprocess pass's default
+(``--pre-top-k``, 1000: at score 0.25 at most 246 yolov5n candidates pass on coco128). The detections of every model
+with a pre-NMS top-k are compared, image by image, with those of the same thresholds without it
+(``changed``: images whose detections differ; ``same`` means every output equal).
+OpenVINO runs with the f32 inference precision hint (:class:`convert.runtime.OpenVINORunner`).
 
     python bench/nms_cost.py --weights ../shared/fixtures/weights/yolov5n.pt \\
         --images ../shared/fixtures/datasets/coco128/images/train2017 --max-images 16
@@ -17,6 +21,7 @@ candidates reach NMS).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -73,6 +78,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5, help="runs per image and model (median)")
     ap.add_argument("--threads", type=int, default=1, help="threads of each runtime")
     ap.add_argument("--iou", type=float, default=0.45, help="IoU threshold")
+    ap.add_argument("--pre-top-k", type=int, nargs="*", default=[1000],
+                    help="pre-NMS top-k values measured besides none")
+    ap.add_argument("--ks", type=int, nargs="+", default=[100, 300], help="values of K (max detections)")
     args = ap.parse_args()
     if args.weights is None and args.arch is None:
         ap.error("give --weights or --arch")
@@ -81,18 +89,20 @@ def main() -> int:
         work = Path(tmp)
         trunc = truncated_model(args, work)
         head = trunc.meta["head"]
-        configs = [(score, k) for score in (0.25, 0.001) for k in (100, 300)]
+        configs = [(score, k, top) for score in (0.25, 0.001) for k in args.ks for top in [None, *args.pre_top_k]]
         models = {"truncated (no NMS)": trunc}
-        settings = {}
-        for score, k in configs:
-            name = f"e2e score>{score} K={k}"
-            settings[name] = pp.NMSSettings(score, args.iou, k)
-            models[name] = end2end(trunc, settings[name], work / f"e2e_{score}_{k}")
+        settings, baseline = {}, {}
+        for score, k, top in configs:
+            name = f"e2e score>{score} K={k}" + (f" top{top}" if top else "")
+            settings[name] = pp.NMSSettings(score, args.iou, k, pre_top_k=top)
+            baseline[name] = f"e2e score>{score} K={k}"
+            models[name] = end2end(trunc, settings[name], work / f"e2e_{score}_{k}_{top}")
         images = list_images(args.images)[:args.max_images]
         inputs = [preprocess(load_image(p), trunc.meta["preprocess"])[0] for p in images]
         times = {(m, be): [] for m in models for be in ("onnxruntime", "openvino")}
         host = {name: [] for name in settings}
         dets = {name: 0 for name in settings}
+        changed = {name: 0 for name in settings}
         for backend in ("onnxruntime", "openvino"):
             runners = {m: load_runner(art, backend=backend, threads=args.threads) for m, art in models.items()}
             for r in runners.values():
@@ -102,12 +112,17 @@ def main() -> int:
                     for r in runners.values():  # warm-up, and the first run's allocations
                         infer(r, x)
                     per = {m: [] for m in models}
+                    first = {}
                     for _ in range(args.repeats):
                         for m, r in runners.items():
                             out = infer(r, x)
                             per[m].append(r.last_inference_time() * 1e3)
                             if backend == "onnxruntime" and m in settings and len(per[m]) == 1:
                                 dets[m] += int(out["num_dets"][0, 0])
+                                first[m] = out
+                    for m in first:
+                        ref = first[baseline[m]]
+                        changed[m] += int(any(not np.array_equal(first[m][o], ref[o]) for o in ref))
                     for m in models:
                         times[m, backend].append(statistics.median(per[m]))
                     if backend == "onnxruntime":
@@ -125,16 +140,19 @@ def main() -> int:
 
     cpu = cpu_info()
     print(f"{len(images)} images, {args.size}x{args.size}, {args.threads} thread(s), median of {args.repeats} runs "
-          f"per image; CPU: {cpu.get('model', '?')}; IoU {args.iou}")
+          f"per image; CPU: {cpu.get('model', '?')}; IoU {args.iou}; OpenVINO inference precision hint f32; "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     base = {be: np.asarray(times["truncated (no NMS)", be]) for be in ("onnxruntime", "openvino")}
-    print(f"{'model':<24} {'dets/img':>8} {'ORT ms':>8} {'+NMS':>7} {'OV ms':>8} {'+NMS':>7} {'host numpy ms':>14}")
+    print(f"{'model':<34} {'dets/img':>8} {'ORT ms':>8} {'+NMS':>7} {'OV ms':>8} {'+NMS':>7} {'host numpy ms':>14} "
+          f"{'changed':>8}")
     for m in models:
         ort, ov = np.asarray(times[m, "onnxruntime"]), np.asarray(times[m, "openvino"])
         extra = m in settings
-        print(f"{m:<24} {dets[m] / len(images) if extra else float('nan'):>8.1f} {ort.mean():>8.2f} "
+        print(f"{m:<34} {dets[m] / len(images) if extra else float('nan'):>8.1f} {ort.mean():>8.2f} "
               f"{(ort - base['onnxruntime']).mean() if extra else 0:>+7.2f} {ov.mean():>8.2f} "
               f"{(ov - base['openvino']).mean() if extra else 0:>+7.2f} "
-              f"{np.mean(host[m]) if extra else float('nan'):>14.2f}")
+              f"{np.mean(host[m]) if extra else float('nan'):>14.2f} "
+              f"{(changed[m] if settings[m].pre_top_k else '-') if extra else '':>8}")
     return 0
 
 

@@ -20,6 +20,16 @@ calibrates itself), with the placement TensorRT recommends and fuses:
 * Activations are symmetric INT8 by default, what TensorRT requires; ``activation_type: uint8``
   gives asymmetric activations for ONNX Runtime CPU and OpenVINO.
 
+``target: onnxruntime`` lays the nodes out as ONNX Runtime's CPU provider fuses them instead:
+Q/DQ on the inputs *and outputs* of every op its quantizer has rules for (Conv, Sigmoid, Mul,
+Add, Concat, MaxPool, Resize...), uint8 activations (its x86 kernels are u8 x s8; with int8
+activations it fuses nothing). ORT then runs QLinearConv, QLinearSigmoid, QLinearMul,
+QLinearAdd, QLinearConcat in NHWC, where the TensorRT layout leaves it DequantizeLinear + float
+Conv, slower than FP32. A convolution's output is then quantized before its SiLU, so the lower
+bound of such a tensor's range is raised to :data:`SILU_INPUT_FLOOR` (measured on yolov5n /
+coco128: mAP50-95 drop 1.4 points without it, 0.3 with it). Kept-float nodes, sensitivity and
+bias correction work as for TensorRT; name exclusions also keep non-weighted nodes float.
+
 Post-processing is never quantized: quantize the truncated network body and attach decoding
 and NMS afterwards (the postprocess pass).
 
@@ -47,7 +57,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_serializer, model_validator
 
 from convert.base import PassConfig
 from convert.errors import PassError
@@ -55,10 +65,19 @@ from convert.errors import PassError
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
+TARGETS = ("tensorrt", "onnxruntime")
+"""Placements (see the module docstring): the back-end whose fusions the Q/DQ nodes are laid out for."""
+
+
 class QuantizeSettings(PassConfig):
     """How a model is quantized: the quantize pass's parameters, also those of auto's candidates."""
 
-
+    target: Literal["tensorrt", "onnxruntime"] = Field(
+        "tensorrt", description="placement: tensorrt: Q/DQ on the inputs of the weighted ops only (TensorRT fuses "
+        "convolution, activation and residual add behind them; also runs on OpenVINO); onnxruntime: Q/DQ on the "
+        "inputs and outputs of every op ONNX Runtime's CPU provider runs in INT8 (Conv, Sigmoid, Mul, Add, "
+        "Concat, MaxPool...), which it fuses into QLinearConv etc.; needs uint8 activations and a table of "
+        "every tensor (calibrate's default)")
     activation_type: Literal["int8", "uint8"] = Field(
         "int8", description="int8: symmetric activations (TensorRT requires it); uint8: asymmetric activations "
         "(ONNX Runtime CPU, OpenVINO), finer steps for one-sided tensors such as SiLU outputs")
@@ -75,6 +94,28 @@ class QuantizeSettings(PassConfig):
     sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity")
     bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
                                   "quantization causes, measured on the calibration images kept in the table")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_activations(cls, values):
+        # ONNX Runtime's x86 kernels are u8 x s8: with int8 activations it fuses nothing and runs every
+        # DequantizeLinear and float op (yolov5n: 3x slower than FP32), so uint8 is that target's default.
+        if isinstance(values, dict) and values.get("target") == "onnxruntime":
+            if values.get("activation_type", "uint8") != "uint8":
+                raise ValueError("target onnxruntime needs activation_type uint8: ONNX Runtime's CPU kernels "
+                                 "fuse u8 activations x s8 weights only, and int8 activations run unfused, slower "
+                                 "than FP32 (set activation_type: uint8, or drop it)")
+            values = {**values, "activation_type": "uint8"}
+        return values
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # The default target is left out of the dump (the cache key material) so that the keys of
+        # every quantize stage and auto candidate made before targets existed stay as they were.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("target") == "tensorrt":
+            data.pop("target")
+        return data
 
 
 @dataclass
@@ -122,6 +163,12 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
                         f"read (first: {missing[0]!r}).",
                         hint="calibrate this same model (the table's model digest must match), with op_types "
                         "covering the quantized nodes.")
+    if c.target == "onnxruntime":
+        missing = [t for t in activation_tensors(model, ort_nodes(model, plan, c)) if t not in ranges]
+        if missing:
+            raise PassError(f"target onnxruntime quantizes the outputs of the quantized ops too, and the calibration "
+                            f"table has no range for {len(missing)} of them (first: {missing[0]!r}).",
+                            hint="calibrate every tensor: drop op_types from the calibrate stage.")
     if (c.keep_float_sensitive or c.bias_correction) and batches is None:
         raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
                         f"has none (method {method}).",
@@ -136,9 +183,17 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
             raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",
                             hint=f"lower {where}.keep_float_sensitive.")
         needed = activation_inputs(model, plan.quantized)
-    qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
-                          c.per_channel, c.op_types)
+    if c.target == "onnxruntime":
+        nodes = ort_nodes(model, plan, c)
+        needed = activation_tensors(model, nodes)
+        ranges = clip_silu_inputs(model, ranges)
+        qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, nodes, c.activation_type, c.per_channel,
+                              None, quantize_outputs=True)
+    else:
+        qmodel = quantize_qdq(model, {t: ranges[t] for t in needed}, plan.quantized, c.activation_type,
+                              c.per_channel, c.op_types)
     restore_float_inputs(qmodel, plan.kept_float)
+    remove_dead_nodes(qmodel)
     corrected = correct_biases(model, qmodel, batches(), ctx) if c.bias_correction else {}
     return Quantized(qmodel, plan, sensitive, corrected)
 
@@ -301,6 +356,82 @@ def activation_inputs(model, node_names: list[str]) -> list[str]:
     return out
 
 
+def ort_nodes(model, plan: NodePlan, c: QuantizeSettings) -> list[str]:
+    """The nodes quantized for target ``onnxruntime``: every node but the weighted ones kept float
+    and those ``exclude_nodes`` / ``exclude_types`` name.
+
+    Only op types ONNX Runtime's QDQ quantizer has rules for are listed (shape arithmetic and
+    the like stays float).
+    """
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    known = set(QDQRegistry) | set(QLinearOpsRegistry)  # what quantize_static quantizes by default
+    float_nodes, weighted = set(plan.kept_float), set(plan.quantized)
+    return [n.name for n in model.graph.node
+            if n.name not in float_nodes and (n.name in weighted or (
+                n.op_type in known and n.op_type not in WEIGHTED_OPS and n.op_type not in c.exclude_types
+                and not any(fnmatch.fnmatchcase(n.name, p) for p in c.exclude_nodes)))]
+
+
+SILU_INPUT_FLOOR = -8.0
+"""Lower bound of the quantized range of a tensor only SiLU reads (target onnxruntime).
+
+ONNX Runtime's QLinearConv quantizes a convolution's output, which in SiLU networks is the
+activation's input. Its MinMax range is mostly negative (yolov5n: ``[-131.6, 34.6]`` where the
+SiLU output spans ``[-0.28, 34.6]``), yet SiLU maps everything below -8 to within 0.003 of zero:
+clipping there halves to quarters the quantization step of the values that matter.
+"""
+
+
+def clip_silu_inputs(model, ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """``ranges`` with the lower bound of every SiLU-only input raised to :data:`SILU_INPUT_FLOOR`.
+
+    A SiLU-only input is a tensor whose readers are exactly one ``Sigmoid`` of it and one ``Mul``
+    of it by that sigmoid (how exporters write SiLU), and that is not a graph output.
+    """
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for t in set(n.input):
+            readers.setdefault(t, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    out = dict(ranges)
+    for t, (lo, hi) in ranges.items():
+        nodes = readers.get(t, [])
+        sig = [n for n in nodes if n.op_type == "Sigmoid"]
+        if t in outputs or len(nodes) != 2 or len(sig) != 1:
+            continue
+        mul = next((n for n in nodes if n.op_type == "Mul"), None)
+        if mul is not None and sorted(mul.input) == sorted([t, sig[0].output[0]]) and lo < SILU_INPUT_FLOOR:
+            out[t] = (SILU_INPUT_FLOOR, max(hi, 0.0))
+    return out
+
+
+def activation_tensors(model, node_names: list[str]) -> list[str]:
+    """The non-constant inputs and outputs of the named nodes (what target onnxruntime may quantize)."""
+    constants = {i.name for i in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    wanted = set(node_names)
+    out: dict[str, None] = {}
+    for n in model.graph.node:
+        if n.name in wanted and n.op_type != "Constant":
+            reads = n.input[:2] if n.op_type in ("MatMul", "Gemm") else n.input[:1] if n.op_type in WEIGHTED_OPS \
+                else n.input
+            out.update((t, None) for t in [*reads, *n.output] if t and t not in constants)
+    return list(out)
+
+
+def remove_dead_nodes(model) -> None:
+    """Removes, in place, nodes none of whose outputs is read or is a graph output (Q/DQ pairs left
+    behind when :func:`restore_float_inputs` moved their only consumers to the float tensor)."""
+    while True:
+        read = {t for n in model.graph.node for t in n.input} | {o.name for o in model.graph.output}
+        dead = [i for i, n in enumerate(model.graph.node) if not read.intersection(n.output)]
+        if not dead:
+            return
+        for i in reversed(dead):
+            del model.graph.node[i]
+
+
 def restore_float_inputs(qmodel, nodes: list[str]) -> None:
     """Makes the named (float) nodes read their inputs before quantization, in place.
 
@@ -329,7 +460,7 @@ def _qdq_source(producer: dict, tensor: str):
 
 
 def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,
-                 per_channel: bool, op_types: list[str]):
+                 per_channel: bool, op_types: list[str] | None, quantize_outputs: bool = False):
     """Runs ONNX Runtime's QDQ quantizer with the given ranges (no calibration of its own).
 
     Args:
@@ -338,7 +469,9 @@ def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str]
         nodes: Names of the nodes to quantize.
         activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric).
         per_channel: Per-output-channel weight scales.
-        op_types: Weighted op types (their outputs are left unquantized).
+        op_types: Op types quantized (None: every type ONNX Runtime has QDQ rules for).
+        quantize_outputs: Also quantize the outputs of ``op_types`` (ONNX Runtime's own placement);
+            else they are left float (TensorRT's).
 
     Returns:
         The Q/DQ model (``onnx.ModelProto``).
@@ -369,12 +502,13 @@ def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str]
             save_tensors_data(to_tensors_data(ranges), cache)
             quantize_static(
                 str(src), str(dst), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types), per_channel=per_channel,
+                op_types_to_quantize=None if op_types is None else list(op_types), per_channel=per_channel,
                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
                 nodes_to_quantize=list(nodes), calibrate_method=CalibrationMethod.MinMax,
                 calibration_cache_path=str(cache),
                 extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                               "OpTypesToExcludeOutputQuantization": list(op_types), "QuantizeBias": False})
+                               "OpTypesToExcludeOutputQuantization": [] if quantize_outputs else list(op_types),
+                               "QuantizeBias": False})
             return onnx.load(str(dst))
     finally:
         log.setLevel(level)

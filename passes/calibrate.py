@@ -68,6 +68,11 @@ class AutoConfig(PassConfig):
     margin: float = Field(0.01, ge=0, le=1, description="the first candidate listed that scores within this of the "
                           "best is chosen: on 64 images, scores differ by about a point (0.01) from sampling noise "
                           "alone; lower it when scoring on many more images")
+    screen_images: int = Field(16, ge=0, description="first round: every candidate is scored on this many of the "
+                               "held-out images, and only those within screen_margin of the best there on all "
+                               "max_images (0: one round on all)")
+    screen_margin: float = Field(0.03, ge=0, le=1, description="first-round score below the best beyond which a "
+                                 "candidate is not scored further (16 images: sampling noise is a few points)")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads while scoring")
     quantize: QuantizeSettings = Field(
         default_factory=QuantizeSettings, description="how each candidate is quantized: give the quantize "
@@ -290,10 +295,16 @@ class Calibrate(Pass):
             sel = selection.record
             metric = sel["metric"]
             meta["selection"] = {"metric": metric, "chosen": method, "fp32": sel["fp32"]["metrics"][metric],
-                                 "scores": {m: r["metrics"][metric] for m, r in sel["candidates"].items()}}
+                                 "scores": {m: r["metrics"][metric] for m, r in sel["candidates"].items()
+                                            if not r.get("screened_out")}}
+            dropped = [m for m, r in sel["candidates"].items() if r.get("screened_out")]
+            if dropped:  # scored on the first round's images only: not comparable with the scores
+                meta["selection"]["screened_out"] = dropped
             # Method and scores first: the run's one-line report shows the first few figures.
             summary = {"method": f"{method} (auto, {metric})", **meta["selection"]["scores"],
-                       "fp32": meta["selection"]["fp32"], **{k: v for k, v in summary.items() if k != "method"}}
+                       "fp32": meta["selection"]["fp32"],
+                       **({"screened_out": ", ".join(dropped)} if dropped else {}),
+                       **{k: v for k, v in summary.items() if k != "method"}}
         return PassResult("calib_table", "table.json", meta, summary)
 
     def _select(self, model, candidates, cset, samples_dir, pp, ctx):
@@ -316,7 +327,7 @@ class Calibrate(Pass):
         params = {m: method_params(m, c.num_bins, c.percentile, c.entropy_stride) for m in candidates}
         return selection.select(model.file, meta, candidates, params, dataset, a.quantize,
                                 lambda: calibration_batches(samples, pp), a.metric, f"stages.{ctx.stage}.with.auto",
-                                a.threads, ctx, a.margin)
+                                a.threads, ctx, a.margin, a.screen_images, a.screen_margin)
 
 
 def _keep(samples, folder):

@@ -60,7 +60,7 @@ class Postprocess(Pass):
     """Append decode + NMS to a truncated-head ONNX model: padded num_dets/boxes/scores/classes[/keypoints]."""
 
     name = "postprocess"
-    version = 1
+    version = 2  # 2: YOLOv5 candidates that cannot pass the score threshold are dropped before decode
     Config = PostprocessConfig
     inputs = {"model": Input(("onnx",), doc="a truncated-head ONNX model (meta truncated: true, with head metadata)")}
     output = "onnx"

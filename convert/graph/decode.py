@@ -91,8 +91,10 @@ def concat(b: Builder, parts: Sequence[gs.Variable], axis: int = 2) -> gs.Variab
     return parts[0] if len(parts) == 1 else b.op("Concat", *parts, attrs={"axis": axis})
 
 
-def append_decode(b: Builder, maps: Sequence[gs.Variable], head: dict[str, Any]) -> GraphCandidates:
-    """Appends the decode of ``head``'s family (:func:`convert.heads.parse`).
+def append_decode(b: Builder, maps: Sequence[gs.Variable], head: dict[str, Any],
+                  score_threshold: float | None = None) -> GraphCandidates:
+    """Appends the decode of ``head``'s family (:func:`convert.heads.parse`); with ``score_threshold``
+    the family may drop candidates that cannot score above it (see :meth:`convert.heads.Head.decode_graph`).
 
     Raises:
         ConvertError: Unsupported head type, or maps that do not match the head metadata.
@@ -101,4 +103,4 @@ def append_decode(b: Builder, maps: Sequence[gs.Variable], head: dict[str, Any])
 
     typed = heads.parse(head)
     typed.check_maps([m.shape for m in maps])
-    return typed.decode_graph(b, maps)
+    return typed.decode_graph(b, maps, score_threshold)

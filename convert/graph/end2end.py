@@ -53,7 +53,9 @@ def make_end2end(model: onnx.ModelProto, head: dict[str, Any], settings: NMSSett
         raise ConvertError(f"the graph already has tensors named {taken}, the end-to-end output names.",
                            hint="rename them in the source model.")
     b = Builder(graph, PREFIX)
-    cands = append_decode(b, [tensors[n] for n in names], head)
+    # The standard NMS takes any number of candidates; TensorRT's plugins are left the fixed count they expect.
+    cands = append_decode(b, [tensors[n] for n in names], head,
+                          settings.score_threshold if backend == "onnx" else None)
     if keypoints and cands.keypoints is None:
         raise ConvertError(f"keypoints requested, but the {head.get('type')!r} head has none.")
     if keypoints is False:

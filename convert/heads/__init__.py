@@ -69,9 +69,13 @@ class Head(BaseModel):
         """Raw per-level maps (in :attr:`outputs` order) -> :class:`convert.postprocess.Candidates`."""
         raise NotImplementedError
 
-    def decode_graph(self, b, maps: Sequence[Any]):
+    def decode_graph(self, b, maps: Sequence[Any], score_threshold: float | None = None):
         """Appends the decode to a graph (:class:`convert.graph.builder.Builder`, ``gs.Variable`` maps)
-        -> :class:`convert.graph.decode.GraphCandidates`."""
+        -> :class:`convert.graph.decode.GraphCandidates`.
+
+        ``score_threshold``: the candidates may be reduced to those that can score above it (in
+        their original order, so the detections do not change); a family that has no cheap bound
+        on its scores decodes them all."""
         raise NotImplementedError
 
     def decoded_candidates(self, decoded: np.ndarray):

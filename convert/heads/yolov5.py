@@ -93,9 +93,16 @@ class YOLOv5Head(Head):
         return Candidates(np.concatenate(boxes, 1), np.concatenate(scores, 1),
                           np.concatenate(kpts, 1) if nk else None)
 
-    def decode_graph(self, b, maps: Sequence[Any]):
+    def decode_graph(self, b, maps: Sequence[Any], score_threshold: float | None = None):
         """Every level laid out as ``[B, no, na*H*W]`` and the levels concatenated, so the decode runs
-        once over all candidates and the class scores come out class-major without a transpose."""
+        once over all candidates and the class scores come out class-major without a transpose.
+
+        With ``score_threshold``, only candidates whose objectness is above it in some image of the
+        batch are decoded: a score is objectness x class probability, and a float32 product by a
+        factor <= 1 never exceeds the other factor, so no other candidate can pass the threshold.
+        Candidates keep their order, so NMS, its tie-breaking and the detections are unchanged, and
+        decode and NMS run on the few hundred candidates left instead of all (yolov5n, 640 px: 25 200).
+        """
         from convert.graph.decode import GraphCandidates, as_float, cell_constants, concat
 
         nc, nk, na, no = self.nc, self.nk, self.na, self.no
@@ -107,6 +114,20 @@ class YOLOv5Head(Head):
             consts.append(cell_constants(b, p, na, float(stride), anchors))
         x = concat(b, raw)  # [B, no, N]
         g, stride, anchor = (concat(b, [c[i] for c in consts]) for i in range(3))
+        if score_threshold is not None:
+            from onnx import TensorProto
+
+            obj = b.op("Sigmoid", b.slice(x, 4, 5, 1))  # [B, 1, N]
+            passing = b.op("Cast", b.op("Greater", obj, b.const(np.float32(score_threshold), np.float32)),
+                           attrs={"to": TensorProto.FLOAT})
+            mask = b.reduce("ReduceMax", passing, [0, 1], keepdims=False)  # [N]
+            # Candidate 0 always stays (it cannot pass either way): NMS's padding rows point at it.
+            first = b.op("Cast", b.op("Equal", b.op("Range", b.const(0, np.int64), b.scalar(b.dim(mask, 0)),
+                                                      b.const(1, np.int64)), b.const(0, np.int64)),
+                         attrs={"to": TensorProto.FLOAT})
+            keep = b.op("Reshape", b.op("NonZero", b.op("Max", mask, first)),
+                        b.const([-1], np.int64))  # [M] candidate indices, ascending
+            x, g, stride, anchor = (b.op("Gather", t, keep, attrs={"axis": 2}) for t in (x, g, stride, anchor))
         two, half_px = b.const(2, np.float32), b.const(0.5, np.float32)
         det = b.op("Sigmoid", b.slice(x, 0, 5 + nc, 1) if nk else x)  # no copy when there is nothing to cut off
         xy = b.op("Mul", b.op("Add", b.op("Sub", b.op("Mul", b.slice(det, 0, 2, 1), two), half_px), g), stride)

@@ -86,7 +86,7 @@ class YOLOv8Head(Head):
         return Candidates(np.concatenate(boxes, 1), np.concatenate(scores, 1),
                           np.concatenate(kpts, 1) if nk else None)
 
-    def decode_graph(self, b, maps: Sequence[Any]):
+    def decode_graph(self, b, maps: Sequence[Any], score_threshold: float | None = None):
         """Levels flattened and concatenated first (``[B, C, N]``), so DFL, box, score and keypoint
         arithmetic run once over all candidates; scores come out class-major, as NMS takes them."""
         from convert.graph.decode import GraphCandidates, as_float, cell_constants, concat

@@ -298,7 +298,10 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
         metric, ref = sel["metric"], sel["fp32"]["metrics"]
         names = [k for k in METRICS if k in ref]
         lines = [["fp32 (reference)", *(_f(ref[k]) for k in names), "—", "—"]]
-        lines += [[m, *(_f(r["metrics"][k]) for k in names), _fixed(r["drop"]), "yes" if m == sel["chosen"] else "no"]
+        screen = sel.get("screen")
+        lines += [[m, *(_f(r["metrics"][k]) for k in names), _fixed(r["drop"]),
+                   "yes" if m == sel["chosen"] else f"no (first {screen['images']} images only)"
+                   if r.get("screened_out") else "no"]
                   for m, r in sel["candidates"].items()]
         hold = sel["holdout"]
         blocks += [("h2", f"Calibration method chosen by {sel['_stage']} (method auto)"),
@@ -306,7 +309,9 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
                          f"was scored on {hold['images']} held-out labelled images ({hold['instances']} objects, "
                          f"{hold['source']}) that calibration did not use, on {sel['backend']}; the first method "
                          f"listed whose {metric} is within {sel.get('margin', 0):.3f} of the best is chosen "
-                         f"(best: {sel.get('best', sel['chosen'])})."),
+                         f"(best: {sel.get('best', sel['chosen'])})."
+                         + (f" A first round on {screen['images']} of the images kept the methods within "
+                            f"{screen['margin']:.3f} of the best there: {', '.join(screen['kept'])}." if screen else "")),
                    ("table", Table(["method", *names, f"drop in {metric}", "chosen"], lines))]
 
     for comp in data.of_type("comparison"):

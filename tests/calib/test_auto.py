@@ -111,6 +111,42 @@ def test_auto_keeps_the_method_that_scores_best_not_the_first(tmp_path, detector
     assert table["data"]["digest"] == plain["data"]["digest"]
 
 
+def test_a_first_round_on_few_images_drops_the_clear_losers(tmp_path, detector, monkeypatch):
+    from convert import evaluation
+
+    evaluated, real = [], evaluation.evaluate_model
+
+    def counting(runner, dataset, meta, **kw):
+        evaluated.append(len(dataset))
+        return real(runner, dataset, meta, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate_model", counting)  # select imports it at call time
+    data = square_dataset(tmp_path / "ds", n=14)
+    auto = {"candidates": ["percentile", "minmax", "entropy"], "quantize": {"bias_correction": False},
+            "screen_images": 3, "screen_margin": 0.2}
+    res, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90, auto=auto)
+    sel = table["selection"]
+    # first round: fp32 and the three candidates on 3 images; then fp32 and the one contender on all 8
+    # (entropy, like percentile at 90, clips the squares' brightness)
+    assert sel["screen"]["images"] == 3 and sel["screen"]["kept"] == ["minmax"]
+    assert evaluated == [3, 3, 3, 3, 8, 8]
+    for m in ("percentile", "entropy"):
+        assert sel["candidates"][m]["screened_out"] is True
+        assert sel["candidates"][m]["metrics"] == sel["candidates"][m]["screen"]["metrics"]
+        assert sel["candidates"][m]["metrics"]["mAP50-95"] < 0.5
+    assert sel["candidates"]["minmax"]["metrics"]["mAP50-95"] == pytest.approx(1.0)
+    assert "screened_out" not in sel["candidates"]["minmax"] and sel["holdout"]["images"] == 8
+    assert sel["chosen"] == table["method"] == "minmax"
+    assert res.meta["selection"]["scores"] == {"minmax": pytest.approx(1.0)}  # first-round figures stay out
+    assert res.meta["selection"]["screened_out"] == ["percentile", "entropy"]
+    assert res.summary["screened_out"] == "percentile, entropy"
+    # one round (the default's 16 images are more than the 8 held out): the same choice, every candidate in full
+    _, one = calibrate(tmp_path, detector, "one", data=data, num=6, method="auto", percentile=90,
+                       auto={**auto, "screen_images": 0})
+    assert "screen" not in one["selection"] and one["selection"]["chosen"] == "minmax"
+    assert evaluated[6:] == [8, 8, 8, 8]
+
+
 def test_auto_with_separate_labelled_images(tmp_path, detector):
     calib_images = square_dataset(tmp_path / "calib", n=4, seed=1) / "images"
     val = square_dataset(tmp_path / "val", n=5, seed=2)

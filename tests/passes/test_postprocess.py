@@ -240,3 +240,40 @@ def test_pose_model_end_to_end_keypoints_match_host(pose_pipeline, resize):
         found.append(host)
     # the weights make the detections depend on the image
     assert len({len(d) for d in found}) > 1 or not np.allclose(found[0].scores, found[1].scores)
+
+
+@pytest.mark.parametrize("nk", [0, 4])
+def test_objectness_prefilter_leaves_the_detections_unchanged(tmp_path, monkeypatch, nk):
+    """YOLOv5 candidates whose objectness cannot reach the score threshold are dropped before decode
+    (NonZero + Gather); every output equals that of the graph decoding all candidates, on ONNX Runtime
+    and OpenVINO, including thresholds no candidate passes."""
+    from convert.graph import decode, end2end
+
+    art = truncated_artifact(tmp_path, nk)
+    model = onnx.load(str(art.file))
+    for thr in (0.3, 0.05, 1.0):
+        s = pp.NMSSettings(thr, 0.5, 30)
+        filtered = end2end.make_end2end(model, art.meta["head"], s)
+        ops = [n.op_type for n in filtered.graph.node]
+        assert ops.count("NonZero") == 1
+        with monkeypatch.context() as m:  # the same rewrite decoding every candidate
+            m.setattr(end2end, "append_decode", lambda b, maps, head, thr=None: decode.append_decode(b, maps, head))
+            full = end2end.make_end2end(model, art.meta["head"], s)
+        assert "NonZero" not in [n.op_type for n in full.graph.node]
+        runs = {}
+        for name, mdl in (("filtered", filtered), ("full", full)):
+            onnx.save(mdl, str(tmp_path / f"{name}.onnx"))
+            runs[name] = ort_outputs(tmp_path / f"{name}.onnx", X)
+        assert (runs["full"]["num_dets"] > 0).all() == (thr < 1)
+        for o, v in runs["full"].items():
+            np.testing.assert_array_equal(runs["filtered"][o], v, err_msg=f"{o} at threshold {thr}")
+        ov = pytest.importorskip("openvino")
+        compiled = ov.Core().compile_model(str(tmp_path / "filtered.onnx"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        res = compiled(X)
+        got = {o.get_any_name(): res[o] for o in compiled.outputs}
+        np.testing.assert_array_equal(got["num_dets"], runs["full"]["num_dets"])
+        np.testing.assert_array_equal(got["classes"], runs["full"]["classes"])
+        np.testing.assert_allclose(got["boxes"], runs["full"]["boxes"], atol=1e-3)
+    # TensorRT's plugins keep the full candidate set
+    trt = end2end.make_end2end(model, art.meta["head"], pp.NMSSettings(0.3, 0.5, 30), "efficient_nms_onnx_trt")
+    assert "NonZero" not in [n.op_type for n in trt.graph.node]

@@ -258,3 +258,83 @@ def test_the_most_sensitive_tensor_is_found_and_its_consumers_kept_float(setup, 
 def test_keeping_every_tensor_float_is_an_error_not_a_full_quantization(setup):
     with pytest.raises(PassError, match="leaves no node to quantize"):
         quantize(setup, "all_sensitive", keep_float_sensitive=10)
+
+
+def ort_fused_ops(path, tmp_path):
+    """Op types of the model as ONNX Runtime's CPU provider runs it (after its QDQ fusions)."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
+def test_onnxruntime_target_quantizes_op_outputs_and_fuses_into_qlinear_ops(setup, tmp_path):
+    res, model, path = quantize(setup, "ort", target="onnxruntime", keep_head_float=True)
+    prod = producers(model)
+    readers = lambda t: [n for n in model.graph.node if t in n.input]
+    # A convolution's output is quantized (QLinearConv needs it), and so are Sigmoid's and Mul's.
+    for t in ("stem.c", "stem.s", "stem.o", "m.cv2.o", "res"):
+        assert [n.op_type for n in readers(t)] == ["QuantizeLinear"], t
+    assert conv_inputs(model, "m.cv1/Conv")[:2] == ["DequantizeLinear", "DequantizeLinear"]
+    # The float head reads the float concat; the concat's Q/DQ pair, read by nothing else, is gone.
+    assert conv_inputs(model, "head/Conv") == ["Concat", "initializer", "initializer"]
+    assert [n.op_type for n in readers("cat")] == ["Conv"]
+    assert res.meta["quantization"]["activations"] == "uint8" and res.meta["quantization"]["float_nodes"] == ["head/Conv"]
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in model.graph.node if n.op_type == "QuantizeLinear")
+    ops = ort_fused_ops(path, tmp_path)
+    assert ops.count("QLinearConv") == 4 and "QLinearSigmoid" in ops and "QLinearMul" in ops and "QLinearAdd" in ops
+    assert "Sigmoid" not in ops  # every SiLU runs in INT8
+    # the TensorRT placement leaves ONNX Runtime nothing to fuse
+    _, _, trt_path = quantize(setup, "trt_fuse")
+    (tmp_path / "trt").mkdir()
+    assert "QLinearConv" not in ort_fused_ops(trt_path, tmp_path / "trt")
+
+
+def test_onnxruntime_target_runs_close_to_fp32_with_bias_correction(setup):
+    _, art, _, xs = setup
+    ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    runs = {}
+    for bc in (False, True):
+        res, _, path = quantize(setup, f"ort_run_{bc}", target="onnxruntime", bias_correction=bc)
+        runs[bc] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    assert res.summary["bias_shift_mean"] > 0
+    assert sqnr_db(ref, runs[True]) > 20
+    # bias correction removes the per-channel mean shift of the output
+    shift = lambda got: np.abs((got - ref).mean(axis=(0, 2, 3))).mean()
+    assert shift(runs[True]) < shift(runs[False])
+
+
+def test_silu_inputs_are_floored_only_where_silu_alone_reads_them(setup):
+    from calib.qdq import SILU_INPUT_FLOOR, clip_silu_inputs
+
+    _, art, _, _ = setup
+    model = onnx.load(str(art.file))
+    ranges = {"stem.c": (-50.0, 3.0), "m.cv2.c": (-2.0, 4.0), "stem.o": (-30.0, 5.0), "side": (-40.0, 1.0)}
+    out = clip_silu_inputs(model, ranges)
+    assert out["stem.c"] == (SILU_INPUT_FLOOR, 3.0)  # read by its Sigmoid and the Mul by it only
+    assert out["m.cv2.c"] == (-2.0, 4.0)  # already above the floor
+    assert out["stem.o"] == ranges["stem.o"] and out["side"] == ranges["side"]  # read by other ops
+
+
+def test_target_settings_are_validated_and_the_default_keeps_old_keys(setup, tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="target onnxruntime needs activation_type uint8"):
+        QuantizeConfig(target="onnxruntime", activation_type="int8")
+    with pytest.raises(ValidationError):
+        QuantizeConfig(target="tflite")
+    assert QuantizeConfig(target="onnxruntime").activation_type == "uint8"
+    # the default target is not in the key material: stages made before targets existed keep their keys
+    assert "target" not in QuantizeConfig().model_dump() and "target" not in QuantizeConfig(target="tensorrt").model_dump()
+    assert QuantizeConfig(target="onnxruntime").model_dump(mode="json")["target"] == "onnxruntime"
+    # a table of the convolutions' inputs and outputs only has no range for the Sigmoid outputs
+    tmp, art, _, _ = setup
+    (tmp_path / "table").mkdir()
+    Calibrate(CalibrateConfig(data=tmp / "imgs", num=8, method="minmax", op_types=["Conv"])).run(
+        {"model": art}, tmp_path / "table", RunContext("calibrate", progress=False))
+    table = Artifact("calib_table", tmp_path / "table", "table.json", {}, digest="table")
+    (tmp_path / "o").mkdir()
+    with pytest.raises(PassError, match="target onnxruntime quantizes the outputs.*drop op_types"):
+        Quantize(QuantizeConfig(target="onnxruntime")).run({"model": art, "table": table}, tmp_path / "o",
+                                                           RunContext("quantize", False))
