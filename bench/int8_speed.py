@@ -63,11 +63,13 @@ def spec_text(args, seeds: list[int]) -> str:
         lines.append(f"  calibrate_s{seed}: {{pass: calibrate, inputs: {{model: simplify}}, "
                      f"with: {{data: {q(args.data)}, num: {args.num}, seed: {seed}, method: minmax}}}}")
         for target, extra in TARGETS.items():
-            lines.append(f"  q_{target}_s{seed}: {{pass: quantize, inputs: {{model: simplify, table: calibrate_s{seed}}}, "
+            lines.append(f"  q_{target}_s{seed}: {{pass: quantize, "
+                         f"inputs: {{model: simplify, table: calibrate_s{seed}}}, "
                          f"with: {{{extra}, {QUANTIZE}}}}}")
             lines.append(f"  ov_{target}_s{seed}: {{pass: openvino, inputs: {{model: q_{target}_s{seed}}}}}")
     for top in ("null", PRE_TOP_K):
-        lines.append(f"  e2e_top{top}: {{pass: postprocess, inputs: {{model: simplify}}, with: {{score_threshold: 0.25, "
+        lines.append(f"  e2e_top{top}: {{pass: postprocess, inputs: {{model: simplify}}, "
+                     f"with: {{score_threshold: 0.25, "
                      f"iou_threshold: 0.45, max_detections: {args.k}, pre_top_k: {top}}}}}")
     return "\n".join(lines) + "\n"
 
@@ -132,7 +134,8 @@ def main() -> int:
     arts = build(args, seeds)
     s0 = args.seed
     models = {"FP32": {"onnxruntime": arts["simplify"], "openvino": arts["ov_fp32"]},
-              "INT8 target tensorrt": {"onnxruntime": arts[f"q_tensorrt_s{s0}"], "openvino": arts[f"ov_tensorrt_s{s0}"]},
+              "INT8 target tensorrt": {"onnxruntime": arts[f"q_tensorrt_s{s0}"],
+                                       "openvino": arts[f"ov_tensorrt_s{s0}"]},
               "INT8 target onnxruntime": {"onnxruntime": arts[f"q_onnxruntime_s{s0}"],
                                           "openvino": arts[f"ov_onnxruntime_s{s0}"]},
               "NNCF INT8 (mixed)": {"openvino": arts["nncf"]}}

@@ -311,7 +311,8 @@ def _blocks(data: RunData, plots: bool = True) -> list[tuple[str, Any]]:
                          f"listed whose {metric} is within {sel.get('margin', 0):.3f} of the best is chosen "
                          f"(best: {sel.get('best', sel['chosen'])})."
                          + (f" A first round on {screen['images']} of the images kept the methods within "
-                            f"{screen['margin']:.3f} of the best there: {', '.join(screen['kept'])}." if screen else "")),
+                            f"{screen['margin']:.3f} of the best there: {', '.join(screen['kept'])}."
+                            if screen else "")),
                    ("table", Table(["method", *names, f"drop in {metric}", "chosen"], lines))]
 
     for comp in data.of_type("comparison"):

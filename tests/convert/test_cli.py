@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -84,8 +83,9 @@ def _truncated_checkpoint() -> bytes:
     return buf.getvalue()[: len(buf.getvalue()) // 2]
 
 
-def test_fully_cached_run_is_fast_and_never_imports_torch(tmp_path):
-    """A real pipeline (load -> truncate -> export -> simplify) re-run from cache, in a fresh process."""
+def test_fully_cached_run_imports_no_heavy_backend(tmp_path):
+    """A real pipeline (load -> truncate -> export -> simplify) re-run from cache, in a fresh process, loads
+    neither torch nor a runtime (what keeps it fast; its time is a figure for bench/, not a test bound)."""
     spec = tmp_path / "p.yaml"
     spec.write_text(textwrap.dedent("""
         stages:
@@ -98,18 +98,14 @@ def test_fully_cached_run_is_fast_and_never_imports_torch(tmp_path):
     first = subprocess.run([sys.executable, "-m", "convert", "run", str(spec), "--no-progress"], cwd=tmp_path,
                            env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
-    probe = ("import sys, time; t = time.perf_counter(); from convert.cli import main; "
+    probe = ("import sys; from convert.cli import main; "
              "code = main(['run', 'p.yaml', '--json', '--no-progress']); "
-             "print('TORCH' if 'torch' in sys.modules else 'NOTORCH', time.perf_counter() - t, file=sys.stderr); "
-             "sys.exit(code)")
-    t0 = time.perf_counter()
+             "heavy = ('torch', 'onnx', 'onnxruntime', 'openvino', 'tensorrt', 'matplotlib'); "
+             "print(','.join(m for m in heavy if m in sys.modules) or 'NONE', file=sys.stderr); sys.exit(code)")
     second = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
     assert second.returncode == 0, second.stderr
     assert [s["status"] for s in json.loads(second.stdout)["stages"]] == ["cached"] * 4
-    marker, seconds = second.stderr.split()[-2:]
-    assert marker == "NOTORCH"
-    assert float(seconds) < 1.0, f"cached run took {seconds}s in-process ({wall:.2f}s with interpreter start)"
+    assert second.stderr.split()[-1] == "NONE"
 
 
 def test_a_full_disk_is_one_line_and_leaves_no_half_written_entry(cli, tmp_path, monkeypatch):

@@ -270,7 +270,6 @@ def ort_fused_ops(path, tmp_path):
 
 def test_onnxruntime_target_quantizes_op_outputs_and_fuses_into_qlinear_ops(setup, tmp_path):
     res, model, path = quantize(setup, "ort", target="onnxruntime", keep_head_float=True)
-    prod = producers(model)
     readers = lambda t: [n for n in model.graph.node if t in n.input]
     # A convolution's output is quantized (QLinearConv needs it), and so are Sigmoid's and Mul's.
     for t in ("stem.c", "stem.s", "stem.o", "m.cv2.o", "res"):
@@ -279,7 +278,8 @@ def test_onnxruntime_target_quantizes_op_outputs_and_fuses_into_qlinear_ops(setu
     # The float head reads the float concat; the concat's Q/DQ pair, read by nothing else, is gone.
     assert conv_inputs(model, "head/Conv") == ["Concat", "initializer", "initializer"]
     assert [n.op_type for n in readers("cat")] == ["Conv"]
-    assert res.meta["quantization"]["activations"] == "uint8" and res.meta["quantization"]["float_nodes"] == ["head/Conv"]
+    q = res.meta["quantization"]
+    assert q["activations"] == "uint8" and q["float_nodes"] == ["head/Conv"]
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert all(inits[n.input[2]].dtype == np.uint8 for n in model.graph.node if n.op_type == "QuantizeLinear")
     ops = ort_fused_ops(path, tmp_path)
@@ -326,7 +326,8 @@ def test_target_settings_are_validated_and_the_default_keeps_old_keys(setup, tmp
         QuantizeConfig(target="tflite")
     assert QuantizeConfig(target="onnxruntime").activation_type == "uint8"
     # the default target is not in the key material: stages made before targets existed keep their keys
-    assert "target" not in QuantizeConfig().model_dump() and "target" not in QuantizeConfig(target="tensorrt").model_dump()
+    assert "target" not in QuantizeConfig().model_dump()
+    assert "target" not in QuantizeConfig(target="tensorrt").model_dump()
     assert QuantizeConfig(target="onnxruntime").model_dump(mode="json")["target"] == "onnxruntime"
     # a table of the convolutions' inputs and outputs only has no range for the Sigmoid outputs
     tmp, art, _, _ = setup
