@@ -83,8 +83,10 @@ class DistanceHead(Head):
             scores.append(_sigmoid(cls.reshape(b, self.nc, h * w)).transpose(0, 2, 1))
         return Candidates(np.concatenate(boxes, 1), np.concatenate(scores, 1))
 
-    def decode_graph(self, b, maps: Sequence[Any]):
-        """Levels flattened and concatenated (``[B, C, N]``) so the arithmetic runs once."""
+    def decode_graph(self, b, maps: Sequence[Any], score_threshold: float | None = None):
+        """Levels flattened and concatenated (``[B, C, N]``) so the arithmetic runs once.
+
+        ``score_threshold`` is accepted and not used: without objectness no cheap test drops candidates."""
         from convert.graph.decode import GraphCandidates, as_float, cell_constants, concat
 
         R = self.bins

@@ -58,7 +58,8 @@ class YOLOXHead(Head):
             scores.append(sc.transpose(0, 2, 1))
         return Candidates(np.concatenate(boxes, 1), np.concatenate(scores, 1))
 
-    def decode_graph(self, b, maps: Sequence[Any]):
+    def decode_graph(self, b, maps: Sequence[Any], score_threshold: float | None = None):
+        """``score_threshold`` is accepted and not used (the objectness prefilter exists for YOLOv5 only)."""
         from convert.graph.decode import GraphCandidates, as_float, cell_constants, concat
 
         ts, clss, objs, grids, strides = [], [], [], [], []
