@@ -84,12 +84,12 @@ def spec_text(args, seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build(args, seeds: list[int]) -> dict[str, Artifact]:
-    """Runs the bench spec; returns stage name -> artifact."""
+def build(text: str, store_dir: Path, name: str = "int8_accuracy_bench") -> dict[str, Artifact]:
+    """Runs a bench spec (its YAML text) in ``store_dir`` without publishing; returns stage name -> artifact."""
     with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "int8_accuracy_bench.yaml"
-        spec_path.write_text(spec_text(args, seeds))
-        store = Store(args.store)
+        spec_path = Path(tmp) / f"{name}.yaml"
+        spec_path.write_text(text)
+        store = Store(store_dir)
         manager = Manager(load_spec(spec_path), store, Path(tmp) / "artifacts",
                           log=lambda line: print(line, file=sys.stderr), progress=False)
         report = manager.run(until=manager.spec.stages[-1].name)
@@ -164,7 +164,7 @@ def main() -> None:
     args.calib = args.calib or args.data
     seeds = [args.seed] + [s for s in args.seeds if s != args.seed]
 
-    arts = build(args, seeds)
+    arts = build(spec_text(args, seeds), args.store)
     body = arts["simplify"]
     meta = body.meta
     dataset = load_dataset(args.data, meta["names"])

@@ -31,7 +31,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,12 +38,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling bench scripts
+
+from int8_accuracy import build  # noqa: E402  (runs a bench spec without publishing)
+
 from convert.evaluation import evaluate_model, load_dataset  # noqa: E402
-from convert.manager import Manager  # noqa: E402
 from convert.preprocess import list_images, load_image, preprocess  # noqa: E402
 from convert.runtime import OpenVINORunner, OrtRunner, infer  # noqa: E402
-from convert.spec import load_spec  # noqa: E402
-from convert.store import Store  # noqa: E402
 
 PRE_TOP_K = 1000  # at score 0.25 at most 246 yolov5n candidates pass on coco128: no detection changes
 QUANTIZE = "keep_head_float: true, keep_float_sensitive: 1, bias_correction: true"
@@ -72,17 +72,6 @@ def spec_text(args, seeds: list[int]) -> str:
                      f"with: {{score_threshold: 0.25, "
                      f"iou_threshold: 0.45, max_detections: {args.k}, pre_top_k: {top}}}}}")
     return "\n".join(lines) + "\n"
-
-
-def build(args, seeds):
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "int8_speed_bench.yaml"
-        spec_path.write_text(spec_text(args, seeds))
-        store = Store(args.store)
-        manager = Manager(load_spec(spec_path), store, Path(tmp) / "artifacts",
-                          log=lambda line: print(line, file=sys.stderr), progress=False)
-        report = manager.run(until=manager.spec.stages[-1].name)
-        return {s.name: store.artifact(s.digest) for s in report.stages}
 
 
 def make_runner(backend, art, threads):
@@ -131,7 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     args.weights, args.data = args.weights.resolve(), args.data.resolve()
     seeds = [args.seed] + [s for s in args.seeds if s != args.seed]
-    arts = build(args, seeds)
+    arts = build(spec_text(args, seeds), args.store, "int8_speed_bench")
     s0 = args.seed
     models = {"FP32": {"onnxruntime": arts["simplify"], "openvino": arts["ov_fp32"]},
               "INT8 target tensorrt": {"onnxruntime": arts[f"q_tensorrt_s{s0}"],

@@ -87,17 +87,6 @@ class Head(BaseModel):
         keypoints [B,N,nk,3] or None)``, written independently of the numpy code."""
         raise NotImplementedError
 
-    def _xyxy_scores(self, decoded: np.ndarray):
-        """The decoded layout ``[B, N, 4 + nc]`` (xyxy boxes, class scores) shared by the families whose
-        end-to-end output has no keypoints and no objectness column (mmyolo's distance and YOLOX heads)."""
-        from convert.postprocess import Candidates
-
-        d = np.asarray(decoded, dtype=np.float32)
-        if d.ndim != 3 or d.shape[-1] != 4 + self.nc:
-            raise ConvertError(f"decoded output has shape {list(d.shape)}, the {self.type!r} head says "
-                               f"[B, N, 4+nc = {4 + self.nc}].")
-        return Candidates(np.ascontiguousarray(d[..., :4]), np.ascontiguousarray(d[..., 4:]))
-
     def check_maps(self, shapes: Sequence[Sequence[Any]], what: str = "head output") -> None:
         """Checks the maps' count and channel counts against the metadata (unknown dims pass).
 
@@ -133,6 +122,24 @@ def registry() -> dict[str, type[Head]]:
                     out[t] = obj
     return out
 
+
+class XyxyScoresOutput:
+    """The decoded layout ``[B, N, 4 + nc]`` (xyxy boxes, class scores), read the same way by every family
+    whose end-to-end output has no keypoints and no objectness column (mmyolo's distance and YOLOX heads).
+    Mixed into those :class:`Head` subclasses."""
+
+    def decoded_candidates(self, decoded: np.ndarray):
+        from convert.postprocess import Candidates
+
+        d = np.asarray(decoded, dtype=np.float32)
+        if d.ndim != 3 or d.shape[-1] != 4 + self.nc:
+            raise ConvertError(f"decoded output has shape {list(d.shape)}, the {self.type!r} head says "
+                               f"[B, N, 4+nc = {4 + self.nc}].")
+        return Candidates(np.ascontiguousarray(d[..., :4]), np.ascontiguousarray(d[..., 4:]))
+
+    def torch_candidates(self, decoded):
+        d = decoded.detach().float().cpu()
+        return d[..., :4], d[..., 4:], None
 
 def types() -> list[str]:
     """The supported head types."""

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from convert.heads import Head
+from convert.heads import Head, XyxyScoresOutput
 from convert.heads.yolov5 import _sigmoid, grid
 
 
@@ -43,7 +43,7 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return e / e.sum(axis, keepdims=True)
 
 
-class DistanceHead(Head):
+class DistanceHead(XyxyScoresOutput, Head):
     """Anchor-free distance-to-box head metadata (layout: module docstring).
 
     Attributes:
@@ -113,10 +113,3 @@ class DistanceHead(Head):
         scores = b.op("Sigmoid", concat(b, clss))
         batch = maps[0].shape[0] if maps[0].shape else "batch"
         return GraphCandidates(boxes, scores, None, self.nc, 0, batch)
-
-    def decoded_candidates(self, decoded: np.ndarray):
-        return self._xyxy_scores(decoded)
-
-    def torch_candidates(self, decoded):
-        d = decoded.detach().float().cpu()
-        return d[..., :4], d[..., 4:], None

@@ -28,11 +28,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from convert.heads import Head
+from convert.heads import Head, XyxyScoresOutput
 from convert.heads.yolov5 import _sigmoid, grid
 
 
-class YOLOXHead(Head):
+class YOLOXHead(XyxyScoresOutput, Head):
     """YOLOX head metadata (layout: module docstring)."""
 
     type: Literal["yolox"]
@@ -80,10 +80,3 @@ class YOLOXHead(Head):
         scores = b.op("Mul", b.op("Sigmoid", concat(b, clss)), b.op("Sigmoid", concat(b, objs)))
         batch = maps[0].shape[0] if maps[0].shape else "batch"
         return GraphCandidates(boxes, scores, None, self.nc, 0, batch)
-
-    def decoded_candidates(self, decoded: np.ndarray):
-        return self._xyxy_scores(decoded)
-
-    def torch_candidates(self, decoded):
-        d = decoded.detach().float().cpu()
-        return d[..., :4], d[..., 4:], None
