@@ -409,8 +409,10 @@ def push_version(version_dir: Path, remote: Remote, store: Store | None = None) 
         raise ConvertError(f"remote {_safe(remote.url)} is read-only{'' if remote.read_only else ' (--no-push)'}.",
                            hint="push to an s3://, gs://, az:// or file:// remote.")
     remote.check()
-    manifest_path = Path(version_dir) / "manifest.json"
-    manifest = _read_manifest(manifest_path)
+    from convert import versions
+
+    manifest_path = Path(version_dir) / versions.MANIFEST
+    manifest = versions.read(version_dir).manifest
     written = 0
     for name, stage in manifest["stages"].items():
         digest, key = stage.get("output"), stage.get("key")
@@ -438,7 +440,7 @@ def pull_version(remote: Remote, spec: str, version: str, artifacts_dir: Path, s
 
     remote.check()
     raw = remote.get_version(spec, version)
-    manifest = _read_manifest(None, raw)
+    manifest = versions.parse_manifest(raw, f"remote {_safe(remote.url)}: versions/{spec}/{version}.json")
     if manifest.get("spec") != spec or manifest.get("version") != version:
         raise ConvertError(f"remote {_safe(remote.url)}: versions/{spec}/{version}.json describes "
                            f"{manifest.get('spec')}/{manifest.get('version')}.", hint="the remote is corrupt.")
@@ -454,19 +456,6 @@ def pull_version(remote: Remote, spec: str, version: str, artifacts_dir: Path, s
 
     return versions.assemble(Path(artifacts_dir) / spec / version,
                              {name: store.object_path(s["output"]) for name, s in stages.items()}, fill)
-
-
-def _read_manifest(path: Path | None, raw: bytes | None = None) -> dict[str, Any]:
-    try:
-        data = json.loads(raw if raw is not None else path.read_bytes())
-        if not isinstance(data, dict) or not isinstance(data.get("stages"), dict):
-            raise ValueError("no stages")
-        return data
-    except FileNotFoundError:
-        raise ConvertError(f"{path.parent} is not a published version (no manifest.json).",
-                           hint="`convert versions` lists them; give NAME, NAME/VERSION or a path.") from None
-    except ValueError as e:
-        raise ConvertError(f"{path or 'remote manifest'}: not a version manifest ({e}).") from None
 
 
 __all__ = ["Remote", "check_url", "resolve", "team_config", "push_version", "pull_version"]

@@ -90,17 +90,32 @@ def read(path: Path) -> Version:
     if not mpath.is_file():
         raise ConvertError(f"{path} is not a published version (no {MANIFEST}).",
                            hint="`convert versions` lists published versions.")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ConvertError(f"{mpath} is not valid JSON ({e}).",
-                           hint="the version is damaged: delete it and re-run its spec.") from None
-    if not isinstance(manifest, dict) or not {"spec", "version", "stages"} <= set(manifest):
-        raise ConvertError(f"{mpath} is not a convert manifest.", hint="delete the folder or point elsewhere.")
-    if manifest.get("format", 1) > FORMAT:
-        raise ConvertError(f"{mpath} has manifest format {manifest['format']}, newer than this convert "
-                           f"reads ({FORMAT}).", hint="upgrade convert.")
+    manifest = parse_manifest(mpath.read_bytes(), str(mpath))
     return Version(path, manifest)
+
+
+def parse_manifest(raw: bytes | str, where: str) -> dict[str, Any]:
+    """A manifest's content (read from a version folder or a remote), checked.
+
+    Args:
+        raw: The JSON text.
+        where: Where it came from, for messages.
+
+    Raises:
+        ConvertError: Not JSON, not a convert manifest, or a newer format than this convert reads.
+    """
+    try:
+        manifest = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConvertError(f"{where} is not valid JSON ({e}).",
+                           hint="the version is damaged: delete it and re-run its spec.") from None
+    if not isinstance(manifest, dict) or not {"spec", "version", "stages"} <= set(manifest) \
+            or not isinstance(manifest["stages"], dict):
+        raise ConvertError(f"{where} is not a convert manifest.", hint="delete the folder or point elsewhere.")
+    if manifest.get("format", 1) > FORMAT:
+        raise ConvertError(f"{where} has manifest format {manifest['format']}, newer than this convert "
+                           f"reads ({FORMAT}).", hint="upgrade convert.")
+    return manifest
 
 
 def resolve(artifacts: Path, target: str) -> Path:
