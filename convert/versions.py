@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -189,7 +190,7 @@ def assemble(dest: Path, stage_dirs: dict[str, Path], fill: Callable[[Path], Non
 
 
 def publish(artifacts: Path, manifest: dict[str, Any], stage_dirs: dict[str, Path], update_latest: bool,
-            log: Callable[[str], None] = print) -> Path:
+            log: Callable[[str], None] | None = None) -> Path:
     """Publishes a version: stage folders linked from the store, the manifest, the report.
 
     Args:
@@ -197,7 +198,7 @@ def publish(artifacts: Path, manifest: dict[str, Any], stage_dirs: dict[str, Pat
         manifest: The manifest; ``spec`` and ``version`` name the folder; ``files`` is filled here.
         stage_dirs: Stage name -> its store object folder.
         update_latest: Point ``latest`` at this version (not when a gate failed).
-        log: Where a report that could not be rendered is mentioned.
+        log: Where a report that could not be rendered is mentioned (default: stderr).
 
     Returns:
         The version folder.
@@ -218,7 +219,7 @@ def publish(artifacts: Path, manifest: dict[str, Any], stage_dirs: dict[str, Pat
     return dest
 
 
-def render_report(version_dir: Path, log: Callable[[str], None] = print) -> None:
+def render_report(version_dir: Path, log: Callable[[str], None] | None = None) -> None:
     """Writes a version's report.html / .md with the registered renderer; a failure costs the report only."""
     from convert import registry
 
@@ -227,6 +228,7 @@ def render_report(version_dir: Path, log: Callable[[str], None] = print) -> None
         if render is not None:
             render(version_dir, version_dir)
     except (ImportError, ConvertError, ValueError, KeyError, TypeError) as e:
+        log = log or (lambda line: print(line, file=sys.stderr))  # stdout may carry --json
         log(f"warning: the version's report was not rendered ({type(e).__name__}: {e}); "
             "`convert report NAME/VERSION` renders it.")
 
