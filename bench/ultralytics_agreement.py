@@ -67,6 +67,7 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 from convert.errors import ConvertError  # noqa: E402
 from convert.evaluation import image_detections  # noqa: E402
 from convert.manager import Manager  # noqa: E402
+from convert.postprocess import box_iou  # noqa: E402
 from convert.preprocess import Transform, list_images, load_image, preprocess  # noqa: E402
 from convert.runtime import OpenVINORunner, cpu_info, infer, load_runner  # noqa: E402
 from convert.spec import load_spec  # noqa: E402
@@ -95,19 +96,9 @@ def select(d: dict[str, np.ndarray], min_score: float) -> dict[str, np.ndarray]:
     return {k: v[keep] for k, v in d.items() if k != "outside"}
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
-
-
 def match(ref: dict, other: dict, thr: float, strict: bool) -> list[tuple[int, int, float]]:
     """One-to-one greedy matching by IoU (highest first), same class; IoU > thr (strict) or >= thr."""
-    iou = iou_matrix(ref["boxes"], other["boxes"])
+    iou = box_iou(ref["boxes"], other["boxes"])
     if not iou.size:
         return []
     iou[ref["classes"][:, None] != other["classes"][None, :]] = -1

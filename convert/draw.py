@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from convert.postprocess import box_iou
+
 COCO_SKELETON: tuple[tuple[int, int], ...] = (
     (15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
     (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
@@ -112,17 +114,6 @@ def _draw_pose(draw, kpts: np.ndarray, kpt_conf: float, line: int, colour=None) 
     for k in np.flatnonzero(visible):
         x, y = float(kpts[k, 0]), float(kpts[k, 1])
         draw.ellipse((x - r, y - r, x + r, y + r), fill=colour or (255, 255, 255), outline=(0, 0, 0))
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix ``[len(a), len(b)]`` of x1y1x2y2 boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
 
 def match_boxes(a, b, iou: float = 0.5) -> list[tuple[int, int]]:

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError
-from convert.postprocess import OUTPUT_NAMES
+from convert.postprocess import OUTPUT_NAMES, box_iou
 
 
 class Tolerance(PassConfig):
@@ -231,17 +231,6 @@ def _tensor_stats(ref_outs: list[dict], outs: list[dict], ref_name: str, name: s
     return stats
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of [N,4] and [M,4] x1y1x2y2 boxes."""
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)
-
-
 def agreement(ref: list[dict], other: list[dict], match_iou: float = 0.5) -> dict[str, Any]:
     """How far two models' detections agree, image by image.
 
@@ -267,7 +256,7 @@ def agreement(ref: list[dict], other: list[dict], match_iou: float = 0.5) -> dic
         n_r, n_o = len(r["scores"]), len(o["scores"])
         count_diffs.append(abs(n_r - n_o))
         denom += max(n_r, n_o)
-        iou = _iou(np.asarray(r["boxes"], np.float64), np.asarray(o["boxes"], np.float64))
+        iou = box_iou(r["boxes"], o["boxes"])
         iou[np.asarray(r["classes"])[:, None] != np.asarray(o["classes"])[None, :]] = 0
         used_r, used_o = set(), set()
         for flat in np.argsort(-iou, axis=None):
