@@ -80,9 +80,10 @@ def random_feed(session, seed: int = 0, batch: int = 1, size: tuple[int, int] | 
     return feed
 
 
-def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    return max(float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64)))) if x.size else 0.0
-               for x, y in zip(a, b))
+def run(session, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Runs an ONNX Runtime session: output name -> array."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feed)))
 
 
 @contextmanager

@@ -36,11 +36,10 @@ class ExportOnnx(Pass):
     def run(self, inputs, out, ctx) -> PassResult:
         import warnings
 
-        import numpy as np
         import onnx
         import torch
 
-        from convert import onnxutil
+        from convert import onnxutil, refcheck
         from convert.torchmodel import load_module
 
         c: ExportOnnxConfig = self.config
@@ -86,12 +85,14 @@ class ExportOnnx(Pass):
         onnxutil.set_metadata(model, meta)
         onnxutil.save(model, out / "model.onnx")
 
-        sess = onnxutil.ort_session(out / "model.onnx")
-        got = sess.run(None, {c.input_name: x.numpy()})
         refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else [ref])]
-        diff = onnxutil.max_abs_diff(refs, [g.astype(np.float32) for g in got])
-        magnitude = max(1.0, max(float(np.abs(r).max()) for r in refs))
-        tol = c.tolerance * (100 if c.fp16 else 1) * magnitude
+        checked = refcheck.compare(dict(zip(out_names, refs)),
+                                   onnxutil.run(onnxutil.ort_session(out / "model.onnx"), {c.input_name: x.numpy()}))
+        if checked.mismatch:
+            name, why = next(iter(checked.mismatch.items()))
+            raise PassError(f"ONNX Runtime disagrees with torch on output {name!r}: {why}.", hint="report the model.")
+        diff = checked.max_abs_diff
+        tol = c.tolerance * (100 if c.fp16 else 1) * max(1.0, checked.magnitude)
         if not diff <= tol:
             raise PassError(f"ONNX Runtime disagrees with torch: max abs diff {diff:.3g} > tolerance {tol:.3g}.",
                             hint="raise `tolerance` if this is expected, or report the model.")

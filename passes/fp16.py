@@ -11,8 +11,9 @@ activations become float16, except
   :attr:`FP16Config.block_ops`; :attr:`FP16Config.block_nodes` blocks single nodes by name.
 
 The FP16 model is run against the FP32 one under ONNX Runtime on sample photos (or noise, see
-:func:`calib.data.check_feed`) and the largest output difference is reported (and gated with
-``max_abs_diff``); a model holding TensorRT plugin ops cannot run there and is converted unchecked.
+:func:`calib.data.check_feed`) and compared output by output (:mod:`convert.refcheck`: the
+figures, and the ``max_abs_diff`` gate); a model holding TensorRT plugin ops cannot run there and
+is converted unchecked.
 
 Graph inputs and outputs stay float32 by default (``keep_io_types``): the end-to-end output
 contract (docs/DESIGN.md) has float32 boxes and scores, and every consumer can feed float32.
@@ -99,51 +100,21 @@ class FP16(Pass):
 
         summary: dict = {"fp32_nodes": kept_fp32, "bytes": (out / "model.onnx").stat().st_size,
                          "bytes_fp32": art.file.stat().st_size}
-        gates = []
-        checked = compare(art.file, out / "model.onnx", art.meta, c.seed)
-        if checked is None:
-            summary["check"] = "skipped: ONNX Runtime cannot run the model (TensorRT plugin ops)"
-            if c.max_abs_diff is not None:
-                gates.append("max_abs_diff cannot be checked: ONNX Runtime cannot run the model")
-        else:
-            diffs, magnitude, kind = checked
-            diff = max(diffs.values(), default=0.0)
-            summary.update(check=kind, max_abs_diff=diff, max_rel_diff=diff / magnitude if magnitude else 0.0,
-                           diff=diffs)
-            if c.max_abs_diff is not None and diff > c.max_abs_diff:
-                worst = max(diffs, key=diffs.get)
-                gates.append(f"FP16 output {worst!r} differs from FP32 by {diff:.4g} > max_abs_diff "
-                             f"{c.max_abs_diff:g}")
+        checked = check(art.file, out / "model.onnx", art.meta, c.seed)
+        summary.update(checked.summary())
+        gates = checked.failures(c.max_abs_diff, "FP16 model", "FP32 model")
         return PassResult("onnx", "model.onnx", meta, summary, gate_failures=gates)
 
 
-def compare(fp32_path, fp16_path, meta: dict, seed: int) -> tuple[dict[str, float], float, str] | None:
-    """Runs both models under ONNX Runtime on the check input (:func:`calib.data.check_feed`).
-
-    Returns:
-        (output name -> max abs difference, for float outputs; largest FP32 output magnitude;
-        the kind of check input), or None when ONNX Runtime cannot run the FP32 model
-        (TensorRT plugin ops).
-    """
-    import numpy as np
-
+def check(fp32_path, fp16_path, meta: dict, seed: int):
+    """The FP16 model against the FP32 one, both under ONNX Runtime, on the check input
+    (:func:`calib.data.check_feed`); a :class:`convert.refcheck.Check`, skipped when ONNX Runtime
+    cannot run the FP32 model (TensorRT plugin ops)."""
     from calib.data import check_feed
-    from convert import onnxutil
+    from convert import refcheck
+    from convert.runtime import OrtRunner
 
-    try:
-        ref_sess = onnxutil.ort_session(fp32_path)
-    except Exception:  # onnxruntime's own exception types: an op it does not know
-        return None
-    half_sess = onnxutil.ort_session(fp16_path)
-    feed, kind = check_feed(ref_sess, meta, seed)
-    half_feed = {i.name: feed[i.name].astype(np.float16 if "float16" in i.type else feed[i.name].dtype)
-                 for i in half_sess.get_inputs()}
-    names = [o.name for o in ref_sess.get_outputs()]
-    floats = [(n, r, g) for n, r, g in zip(names, ref_sess.run(names, feed), half_sess.run(names, half_feed))
-              if np.issubdtype(r.dtype, np.floating)]
-    diffs = {n: onnxutil.max_abs_diff([r], [g]) for n, r, g in floats}
-    magnitude = max((float(np.abs(r).max()) for _, r, _ in floats if r.size), default=0.0)
-    return diffs, magnitude, kind
+    return refcheck.check(fp32_path, lambda _names: OrtRunner(fp16_path), lambda sess: check_feed(sess, meta, seed))
 
 
 def drop_duplicate_nodes(graph) -> None:

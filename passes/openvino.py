@@ -104,20 +104,15 @@ class OpenVINO(Pass):
         write_rt_info(model, meta)
         ov.save_model(model, str(out / "model.xml"), compress_to_fp16=c.compress_to_fp16)
 
-        diffs, kind = check_against_onnx(out / "model.xml", art.file, art.meta, c.seed)
-        diff = max(diffs.values(), default=0.0)
-        summary = {"precision": precision, "check": kind, "max_abs_diff": diff, "diff": diffs,
+        checked = check_against_onnx(out / "model.xml", art.file, art.meta, c.seed)
+        summary = {"precision": precision, **checked.summary(),
                    "bytes": (out / "model.xml").stat().st_size + (out / "model.bin").stat().st_size}
         if calib_record is not None:
             # Which images NNCF saw, to compare with the calibrate stage's table.
             (out / "calibration.json").write_text(json.dumps(calib_record, indent=1, sort_keys=True) + "\n")
             summary["calib_images"] = calib_record["num_samples"]
             summary["calib_digest"] = calib_record["digest"]
-        gates = []
-        if c.max_abs_diff is not None and diff > c.max_abs_diff:
-            worst = max(diffs, key=diffs.get)
-            gates.append(f"IR output {worst!r} differs from the ONNX model's by {diff:.4g} > max_abs_diff "
-                         f"{c.max_abs_diff:g}")
+        gates = checked.failures(c.max_abs_diff, "IR", "ONNX model")
         return PassResult("openvino", "model.xml", meta, summary, gate_failures=gates)
 
     def _nncf(self, model, art, ctx):
@@ -168,31 +163,17 @@ def read_rt_info(model) -> dict:
             for key in RT_INFO_KEYS if model.has_rt_info([RT_INFO_SECTION, key])}
 
 
-def check_against_onnx(xml, onnx_path, meta: dict, seed: int) -> tuple[dict[str, float], str]:
-    """Max abs difference per float output between the IR (OpenVINO, CPU, f32) and the ONNX model (ONNX Runtime).
+def check_against_onnx(xml, onnx_path, meta: dict, seed: int):
+    """The IR (OpenVINO, CPU, f32) against the ONNX model (ONNX Runtime), a :class:`convert.refcheck.Check`.
 
     Both run on the check input of :func:`calib.data.check_feed` (sample photos, else noise).
     OpenVINO runs with its inference precision pinned to f32 (see
-    :class:`convert.runtime.OpenVINORunner`), so an FP32 IR matches to float rounding.
-
-    Returns:
-        (output name -> difference, the kind of check input).
+    :class:`convert.runtime.OpenVINORunner`), so an FP32 IR matches to float rounding; its
+    outputs are named as the ONNX model's are (an OpenVINO output may carry several names).
     """
-    import numpy as np
-
     from calib.data import check_feed
-    from convert import onnxutil
+    from convert import refcheck
     from convert.runtime import OpenVINORunner
 
-    ref_sess = onnxutil.ort_session(onnx_path)
-    feed, kind = check_feed(ref_sess, meta, seed)
-    names = [o.name for o in ref_sess.get_outputs()]
-    ref = dict(zip(names, ref_sess.run(names, feed)))
-    with OpenVINORunner(xml) as runner:
-        got = runner.infer(feed, check_inputs=False)
-    missing = [n for n in names if n not in got]
-    if missing:
-        raise PassError(f"the IR has no output named {missing[0]!r} (outputs: {', '.join(got)}).",
-                        hint="report the model: OpenVINO renamed an output during conversion.")
-    return {n: onnxutil.max_abs_diff([ref[n]], [got[n]]) for n in names
-            if np.issubdtype(ref[n].dtype, np.floating)}, kind
+    return refcheck.check(onnx_path, lambda names: OpenVINORunner(xml, output_names=names),
+                          lambda sess: check_feed(sess, meta, seed))

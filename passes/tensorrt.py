@@ -481,19 +481,8 @@ class TensorRT(Pass):
         checked = check_against_onnx(out / "model.engine", art, plan, c.seed)
         summary = {"precision": plan.precision, "strongly_typed": plan.strongly_typed, "flags": ",".join(plan.flags),
                    "tensorrt": caps.version, "bytes": (out / "model.engine").stat().st_size}
-        gates = []
-        if checked is None:
-            summary["check"] = "skipped: ONNX Runtime cannot run the ONNX model (TensorRT plugin ops)"
-            if c.max_abs_diff is not None:
-                gates.append("max_abs_diff cannot be checked: ONNX Runtime cannot run the model")
-        else:
-            diffs, kind = checked
-            diff = max(diffs.values(), default=0.0)
-            summary.update(check=kind, max_abs_diff=diff, diff=diffs)
-            if c.max_abs_diff is not None and diff > c.max_abs_diff:
-                worst = max(diffs, key=diffs.get)
-                gates.append(f"engine output {worst!r} differs from the ONNX model's by {diff:.4g} > max_abs_diff "
-                             f"{c.max_abs_diff:g}")
+        summary.update(checked.summary())
+        gates = checked.failures(c.max_abs_diff, "engine", "ONNX model")
         if feeder is not None:
             summary.update(calib_images=feeder.fed, calib_skipped=feeder.skipped)
         return PassResult("tensorrt", "model.engine", meta, summary, gate_failures=gates)
@@ -507,33 +496,20 @@ class TensorRT(Pass):
         return data.batches(data.CalibrationSet(source, c.calib_num, c.calib_seed).samples(), pp, c.calib_batch)
 
 
-def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int) -> tuple[dict[str, float], str] | None:
-    """Max abs difference per float output between the engine (TensorRT) and the ONNX model (ONNX Runtime).
+def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int):
+    """The engine (TensorRT) against the ONNX model (ONNX Runtime), a :class:`convert.refcheck.Check`.
 
     Both run on the check input of :func:`calib.data.check_feed` (sample photos, else noise),
-    at the profile's opt batch when the batch is dynamic.
-
-    Returns:
-        (output name -> difference, the kind of check input), or None when ONNX Runtime cannot
-        run the model (TensorRT plugin ops such as EfficientNMS_TRT).
+    at the profile's opt batch when the batch is dynamic. Skipped when ONNX Runtime cannot run
+    the model (TensorRT plugin ops such as EfficientNMS_TRT).
     """
     from calib.data import check_feed
-    from convert import onnxutil
+    from convert import refcheck
     from convert.runtime import TensorRTRunner
 
-    try:
-        ref_sess = onnxutil.ort_session(art.file)
-    except Exception:  # onnxruntime's own exception types: an op it does not know
-        return None
     opt = next(iter(plan.profile.values()))[1] if plan.profile else None
-    feed, kind = check_feed(ref_sess, art.meta, seed, batch=opt[0] if opt else None)
-    names = [o.name for o in ref_sess.get_outputs()]
-    ref = dict(zip(names, ref_sess.run(names, feed)))
-    with TensorRTRunner(engine) as runner:
-        got = runner.infer(feed, check_inputs=False)
-    return {n: onnxutil.max_abs_diff([ref[n]], [np.asarray(got[n])]) for n in names
-            if np.issubdtype(ref[n].dtype, np.floating) and n in got}, kind
-
+    return refcheck.check(art.file, lambda _names: TensorRTRunner(engine),
+                          lambda sess: check_feed(sess, art.meta, seed, batch=opt[0] if opt else None))
 
 
 def _progress_monitor(trt, ctx):
