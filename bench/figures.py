@@ -85,7 +85,7 @@ def plan_stages(base: Path, overrides: list[str], args) -> tuple[dict[str, Any],
             if src in models and add(name, "tensorrt", {"model": src}, optional=True):
                 models[name] = models[src]
 
-    common = {"data": str(args.data), "max_images": args.max_images}
+    common = {"data": str(args.data), "num": args.max_images}
     def gates():
         if args.max_drop is None:
             return []
@@ -101,7 +101,7 @@ def plan_stages(base: Path, overrides: list[str], args) -> tuple[dict[str, Any],
         {**common, "backend": "openvino", "gates": gates()})
     evals.append(f"eval_{body}_openvino")
     add("compare", "compare", {"reference": torch_ref, "models": list(models)},
-        {"images": str(args.compare_images or args.data), "max_images": 8})
+        {"data": str(args.compare_images or args.data), "num": 8})
     add("benchmark", "benchmark", {"models": list(models) + ([torch_ref] if args.bench_torch else [])},
         {"onnx_backends": ["onnxruntime", "openvino"], "threads": args.threads, "iterations": args.iterations,
          "rounds": 5, "warmup": 5, **({"image": str(args.bench_image)} if args.bench_image else {})})

@@ -78,8 +78,8 @@ def spec_text(args, seeds: list[int]) -> str:
             "  nncf:",
             "    pass: openvino",
             "    inputs: {model: simplify}",
-            (f"    with: {{quantize: nncf, preset: mixed, subset_size: {args.num}, "
-             f"calib_data: {json.dumps(str(args.calib))}, calib_seed: {seeds[0]}}}"),
+            (f"    with: {{quantize: nncf, preset: mixed, calib: {{num: {args.num}, "
+             f"data: {json.dumps(str(args.calib))}, seed: {seeds[0]}}}}}"),
         ]
     return "\n".join(lines) + "\n"
 

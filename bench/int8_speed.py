@@ -58,7 +58,7 @@ def spec_text(args, seeds: list[int]) -> str:
              "  truncate_head: {}", "  export_onnx: {with: {opset: 17, dynamic_batch: true}}", "  simplify: {}",
              "  ov_fp32: {pass: openvino, inputs: {model: simplify}}",
              (f"  nncf: {{pass: openvino, inputs: {{model: simplify}}, with: {{quantize: nncf, preset: mixed, "
-              f"subset_size: {args.num}, calib_data: {q(args.data)}, calib_seed: {args.seed}}}}}")]
+              f"calib: {{num: {args.num}, data: {q(args.data)}, seed: {args.seed}}}}}}}")]
     for seed in seeds:
         lines.append(f"  calibrate_s{seed}: {{pass: calibrate, inputs: {{model: simplify}}, "
                      f"with: {{data: {q(args.data)}, num: {args.num}, seed: {seed}, method: minmax}}}}")

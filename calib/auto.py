@@ -19,22 +19,21 @@ within ``screen_margin`` of the best there are scored on all of them and compare
 
 from __future__ import annotations
 
-import random
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from calib.data import Source
+from calib.data import LabelledSource, draw
 from convert.errors import ConvertError
 
 
-def holdout_dataset(source: Source, exclude: set[Path], names: list[str], nk: int, max_images: int, seed: int):
+def holdout_dataset(source: LabelledSource, exclude: set[Path], names: list[str], nk: int, num: int, seed: int):
     """Labelled images of ``source`` that are not in ``exclude`` (the calibration images).
 
-    A COCO source brings its annotation file; any other source its YOLO labels (the last
-    ``images`` folder of each path replaced by ``labels``). Up to ``max_images`` images are
-    drawn in a seeded random order, then evaluated in path order.
+    A COCO source brings its annotation file; any other source its YOLO labels (by convention, or
+    under its ``labels``). Up to ``num`` images are drawn in a seeded random order
+    (:func:`calib.data.draw`), then evaluated in path order.
 
     Returns:
         A :class:`convert.evaluation.Dataset`.
@@ -42,27 +41,19 @@ def holdout_dataset(source: Source, exclude: set[Path], names: list[str], nk: in
     Raises:
         ConvertError: No image is left, or the images left have no labels.
     """
-    from convert.evaluation import load_coco, yolo_dataset, yolo_label_path
-
+    resolved = source.resolve()
     drop = {p.resolve() for p in exclude}
-    paths = [c.path for c in source.candidates if c.path is not None and c.path.resolve() not in drop]
+    paths = [c.path for c in resolved.candidates if c.path is not None and c.path.resolve() not in drop]
     if not paths:
-        raise ConvertError(f"{source.location}: no image is left to score calibration methods on: all "
-                           f"{len(source.candidates)} are used for calibration.",
+        raise ConvertError(f"{resolved.location}: no image is left to score calibration methods on: all "
+                           f"{len(resolved.candidates)} are used for calibration.",
                            hint="lower num, or give labelled held-out images in auto.data.")
-    random.Random(seed).shuffle(paths)
-    paths = sorted(paths[:max_images])
-    if source.kind == "coco":
-        keep = {p.resolve() for p in paths}
-        ds = load_coco(source.location, source.images_root, names)
-        if ds.nk != nk:
-            raise ConvertError(f"the model predicts {nk} keypoints but {source.location} has {ds.nk}.")
-        ds = ds.subset(i for i, im in enumerate(ds.images) if im.path.resolve() in keep)
-    else:
-        ds = yolo_dataset(paths, names, nk)
+    paths = sorted(draw(paths, num, seed))
+    ds = source.dataset(paths, names, nk)
     if not ds.gt["annotations"]:
-        where = (f"e.g. {yolo_label_path(paths[0], None, None)}" if source.kind != "coco" else source.location)
-        raise ConvertError(f"the {len(ds)} held-out images of {source.location} have no labels ({where}); "
+        labels = source.label_files(paths[:1])
+        where = f"e.g. {labels[0]}" if labels else resolved.location
+        raise ConvertError(f"the {len(ds)} held-out images of {resolved.location} have no labels ({where}); "
                            "calibration methods cannot be scored on them.",
                            hint="give a YOLO dataset (images/ and labels/) or a COCO annotation file, in data or "
                            "in auto.data.")

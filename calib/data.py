@@ -23,6 +23,13 @@ Sources (``kind``):
 
 The digest of a calibration set is the sha256 of the content digests of the images actually
 used, in order: it changes when an image's bytes change, not when the dataset moves.
+
+The same vocabulary describes every pass's images (:class:`DataSource`: ``data``, ``source``,
+``split``, ``images``, ``num``, ``seed``; :class:`LabelledSource` adds ``labels``): calibrate
+and its ``auto`` scoring, evaluate, compare, and the calibration images of tensorrt and openvino.
+A source described by a file (list, dataset YAML, COCO JSON) is resolved once per process
+(:func:`resolve_source` is memoised on the file's identity and modification time), so the
+validator, ``key_files`` and ``run`` of a stage, and the stages sharing it, parse it once.
 """
 
 from __future__ import annotations
@@ -34,14 +41,17 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
+from pydantic import Field, model_serializer
 
+from convert.base import InputPath, PassConfig
 from convert.errors import BackendMissing, ConvertError
 from convert.preprocess import IMAGE_SUFFIXES, list_images, load_image, preprocess
 
-SOURCE_KINDS = ("auto", "folder", "list", "yolo", "coco", "builtin")
+SourceKind = Literal["auto", "folder", "list", "yolo", "coco", "builtin"]
+SOURCE_KINDS = get_args(SourceKind)
 BAD_IMAGE_POLICIES = ("skip", "error")
 
 
@@ -87,13 +97,14 @@ class Source:
         kind: The source kind (never ``auto``).
         location: The path given (or ``builtin``).
         candidates: Images that may be drawn, sorted by name.
-        images_root: For a COCO source, the folder its ``file_name`` entries are relative to.
+        root: The folder candidate names are relative to (for a COCO source, the folder its
+            ``file_name`` entries are relative to); None for the built-in set.
     """
 
     kind: str
     location: str
     candidates: tuple[Candidate, ...]
-    images_root: Path | None = None
+    root: Path | None = None
 
 
 def check_source(data: str | Path | None, kind: str = "auto", split: str = "train",
@@ -109,9 +120,135 @@ def check_source(data: str | Path | None, kind: str = "auto", split: str = "trai
         raise ValueError(f"{key}: {e.message}{' ' + e.hint if e.hint else ''}") from None
 
 
+class DataSource(PassConfig):
+    """Where a pass's images come from and which of them it uses (the module docstring tells the kinds).
+
+    Passes embed it (flat, or as a block such as tensorrt's ``calib``) so every pass says the
+    same thing the same way; the pass decides the order (calibration: the drawn order;
+    evaluation and comparison: path order).
+    """
+
+    data: InputPath | None = Field(None, description="images: a folder (searched recursively), a list file, a "
+                                   "YOLO dataset (directory or dataset YAML), a COCO annotation JSON, or one image; "
+                                   "null: the built-in sample photos (scikit-image's)")
+    source: SourceKind = Field("auto", description="kind of `data` (auto: guessed from the path)")
+    split: str = Field("train", min_length=1, description="split of a YOLO dataset (YAML key or images/<split>)")
+    images: InputPath | None = Field(None, description="image folder of a COCO annotation file given as `data` "
+                                     "(default: searched next to it)")
+    num: int | None = Field(None, ge=1, description="number of images used, drawn in a seeded random order "
+                            "(null: all of them)")
+    seed: int = Field(0, description="seed of the draw")
+
+    def resolve(self) -> Source:
+        """The candidate images (memoised, see :func:`resolve_source`).
+
+        Raises:
+            ConvertError: The source is missing, of the wrong kind, or holds no image.
+        """
+        return resolve_source(self.data, self.source, self.split, self.images)
+
+    def check(self, key: str = "data") -> None:
+        """For a config validator: :meth:`resolve`, its error raised as a ``ValueError`` naming ``key``."""
+        check_source(self.data, self.source, self.split, self.images, key=key)
+
+    def drawn(self, seed: int | None = None) -> list[Candidate]:
+        """The images used: ``num`` of them drawn with ``seed`` (default: :attr:`seed`), in path order."""
+        return sorted(draw(self.resolve().candidates, self.num, self.seed if seed is None else seed),
+                      key=lambda c: c.name)
+
+    def files(self) -> list[Path]:
+        """Every candidate image file (for ``key_files``: a list file or dataset YAML names them)."""
+        return [c.path for c in self.resolve().candidates if c.path is not None]
+
+    def named_files(self, candidates: list[Candidate]) -> list[Path]:
+        """For ``key_files``: the files of ``candidates`` when a file (list, dataset YAML, COCO JSON) names
+        them; none when ``data`` is a folder, which is keyed whole as a config path."""
+        if self.data is None or Path(self.data).is_dir():
+            return []
+        return [c.path for c in candidates if c.path is not None]
+
+
+class LabelledSource(DataSource):
+    """A :class:`DataSource` whose images carry ground truth: a COCO source its annotations, any other
+    YOLO labels (by convention, or under ``labels``)."""
+
+    labels: InputPath | None = Field(None, description="folder of YOLO labels mirroring the images' paths under "
+                                     "`data`; default: the YOLO convention (the last images/ of each path becomes "
+                                     "labels/); a COCO source brings its own annotations")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Left out when unset: the calibrate stages keyed before `labels` existed keep their keys.
+        out = handler(self)
+        if self.labels is None and isinstance(out, dict):
+            out.pop("labels", None)
+        return out
+
+    def label_files(self, paths: list[Path]) -> list[Path]:
+        """For ``key_files``: the YOLO label files of ``paths`` found by convention, which may lie outside
+        ``data`` (none for a COCO source or a given ``labels`` folder: both are keyed config paths)."""
+        from convert.evaluation import yolo_label_path
+
+        if self.labels is not None or self.resolve().kind == "coco":
+            return []
+        return [yolo_label_path(p, None, None) for p in paths]
+
+    def dataset(self, paths: list[Path], names: list[str], nk: int):
+        """The labelled dataset of the image files ``paths`` (candidates of this source), in that order.
+
+        Returns:
+            A :class:`convert.evaluation.Dataset`.
+
+        Raises:
+            ConvertError: A COCO file with another keypoint count than the model's, or YOLO images
+                of which none has a label file.
+        """
+        from convert.evaluation import load_coco, yolo_dataset
+
+        source = self.resolve()
+        if source.kind != "coco":
+            return yolo_dataset(paths, names, nk, Path(self.labels) if self.labels is not None else None,
+                                source.root)
+        ds = load_coco(source.location, source.root, names, content=coco_json(Path(source.location)))
+        if ds.nk != nk:
+            raise ConvertError(f"the model predicts {nk} keypoints but {source.location} has {ds.nk}.",
+                               hint="score on the annotation file of the model's dataset.")
+        order = {p.resolve(): i for i, p in enumerate(paths)}
+        kept = sorted((i for i, im in enumerate(ds.images) if im.path.resolve() in order),
+                      key=lambda i: order[ds.images[i].path.resolve()])
+        return ds.subset(kept)
+
+
+_RESOLVED: dict[tuple, Source] = {}
+
+
+def _identity(path: Path) -> tuple:
+    """What says a file is unchanged within a process: where it is, its inode, size and mtime, and for a
+    small file its content (a rewrite within the clock's granularity keeps the mtime)."""
+    st = path.stat()
+    small = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and st.st_size <= 1 << 20 else None
+    return str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, small
+
+
 def resolve_source(data: str | Path | None, kind: str = "auto", split: str = "train",
                    images: str | Path | None = None) -> Source:
-    """Finds the candidate images of a calibration source (see the module docstring).
+    """:func:`find_source`, memoised for sources described by a file (list, dataset YAML, COCO JSON).
+
+    The memo is keyed by the file's identity and modification time, so an edited file is read
+    again; a folder is listed at every call (cheap, and its content has no single mtime).
+    """
+    path = Path(data) if data is not None else None
+    if path is None or kind not in SOURCE_KINDS or not path.is_file():
+        return find_source(data, kind, split, images)
+    key = (kind, split, _identity(path), str(Path(images).resolve()) if images is not None else None)
+    if key not in _RESOLVED:
+        _RESOLVED[key] = find_source(data, kind, split, images)
+    return _RESOLVED[key]
+
+
+def find_source(data: str | Path | None, kind: str = "auto", split: str = "train",
+                images: str | Path | None = None) -> Source:
+    """Finds the candidate images of a source (see the module docstring).
 
     Args:
         data: A directory, list file, dataset YAML or COCO JSON; None for the built-in set.
@@ -123,37 +260,44 @@ def resolve_source(data: str | Path | None, kind: str = "auto", split: str = "tr
         ConvertError: The source is missing, of the wrong kind, or holds no image.
     """
     if kind not in SOURCE_KINDS:
-        raise ConvertError(f"unknown calibration source kind {kind!r}.", hint=f"use one of {', '.join(SOURCE_KINDS)}.")
+        raise ConvertError(f"unknown source kind {kind!r}.", hint=f"use one of {', '.join(SOURCE_KINDS)}.")
     if data is None:
+        if images is not None:
+            raise ConvertError(f"images ({images}) is the image folder of a COCO annotation file given as data, "
+                               "and data is null.", hint="give a folder of images (or a COCO JSON) as data.")
         if kind not in ("auto", "builtin"):
-            raise ConvertError(f"calibration source kind {kind!r} needs a path in 'data'.",
+            raise ConvertError(f"source kind {kind!r} needs a path in 'data'.",
                                hint="give the data path, or leave data null for the built-in set.")
         from calib.builtin import BUILTIN_IMAGES
 
         return Source("builtin", "builtin", tuple(Candidate(n) for n in BUILTIN_IMAGES))
     if kind == "builtin":
-        raise ConvertError("calibration source kind 'builtin' takes no data path.", hint="set data to null.")
+        raise ConvertError("source kind 'builtin' takes no data path.", hint="set data to null.")
     path = Path(data)
     if not path.exists():
-        raise ConvertError(f"calibration data {str(path)!r} not found.",
+        raise ConvertError(f"data {str(path)!r} not found.",
                            hint="check the path (relative to the current directory).")
     if kind == "auto":
         kind = _guess_kind(path)
+    if images is not None and kind != "coco":
+        raise ConvertError(f"images ({images}) is the image folder of a COCO annotation file, and {path} is a "
+                           f"{kind} source.", hint="give a folder of images as data, or a COCO JSON as data with "
+                           "its image folder as images.")
     if kind == "folder":
         if not path.is_dir():
-            raise ConvertError(f"calibration data {path}: kind 'folder' needs a directory.")
-        cands = _from_files(list_images(path), path)
+            raise ConvertError(f"data {path}: kind 'folder' needs a directory.")
+        files, root = list_images(path), path
     elif kind == "list":
-        cands = _from_files(_read_list(path), path.parent)
+        files, root = _read_list(path), path.parent
     elif kind == "yolo":
-        cands = _from_files(_yolo_files(path, split), path if path.is_dir() else path.parent)
+        files, root = _yolo_files(path, split), path if path.is_dir() else path.parent
     else:
         files, root = _coco_files(path, images)
-        cands = _from_files(files, root)
+    cands = _from_files(files, root)
     if not cands:
-        raise ConvertError(f"calibration data {path} ({kind}) holds no image.",
+        raise ConvertError(f"data {path} ({kind}) holds no image.",
                            hint=f"image files end in {', '.join(IMAGE_SUFFIXES)}.")
-    return Source(kind, str(path), cands, root if kind == "coco" else None)
+    return Source(kind, str(path), cands, root)
 
 
 def _guess_kind(path: Path) -> str:
@@ -206,8 +350,8 @@ def _read_list(path: Path) -> list[Path]:
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return [path]
     if path.is_dir():
-        raise ConvertError(f"calibration data {path}: kind 'list' needs a text file, found a directory.")
-    text = read_text(path, "calibration list")
+        raise ConvertError(f"data {path}: kind 'list' needs a text file, found a directory.")
+    text = read_text(path, "image list")
     files = []
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
@@ -222,7 +366,7 @@ def _yolo_files(path: Path, split: str) -> list[Path]:
     if path.is_dir():
         base = path / "images"
         if not base.is_dir():
-            raise ConvertError(f"calibration data {path}: a YOLO dataset directory needs an images/ folder.")
+            raise ConvertError(f"data {path}: a YOLO dataset directory needs an images/ folder.")
         return list_images(base / split if (base / split).is_dir() else base)
     import yaml
 
@@ -254,14 +398,31 @@ def _yolo_files(path: Path, split: str) -> list[Path]:
     return files
 
 
+_COCO: dict[tuple, Any] = {}
+
+
+def coco_json(path: Path) -> Any:
+    """A COCO annotation file's content, parsed once per process (memoised like :func:`resolve_source`).
+
+    Callers must not modify it.
+
+    Raises:
+        ConvertError: Not a regular file, too large, or not JSON.
+    """
+    key = _identity(path) if path.is_file() else None  # anything else is refused by read_text, unread
+    if key is None or key not in _COCO:
+        try:
+            _COCO[key] = json.loads(read_text(path, "COCO annotation file"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConvertError(f"COCO annotation file {path}: not valid JSON ({e}).") from None
+    return _COCO[key]
+
+
 def _coco_files(path: Path, images: str | Path | None) -> tuple[list[Path], Path]:
     """Images named by a COCO annotation file, and the folder they are in."""
     if path.is_dir():
-        raise ConvertError(f"calibration data {path}: kind 'coco' needs an annotation JSON file.")
-    try:
-        ann = json.loads(read_text(path, "COCO annotation file"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvertError(f"COCO annotation file {path}: not valid JSON ({e}).") from None
+        raise ConvertError(f"data {path}: kind 'coco' needs an annotation JSON file.")
+    ann = coco_json(path)
     entries = ann.get("images") if isinstance(ann, dict) else None
     if not isinstance(entries, list) or not all(isinstance(e, dict) and "file_name" in e for e in entries):
         raise ConvertError(f"COCO annotation file {path}: no 'images' list with file_name entries.")
@@ -334,9 +495,7 @@ class CalibrationSet:
         self.num = num
         self.seed = seed
         self.on_bad_image = on_bad_image
-        order = list(source.candidates)
-        random.Random(seed).shuffle(order)
-        self.order = order
+        self.order = draw(source.candidates, None, seed)
         self.used: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = []
 
@@ -382,6 +541,14 @@ class CalibrationSet:
                 "num_candidates": len(self.order), "seed": self.seed, "num_samples": len(self.used),
                 "files": [{"name": n, "sha256": d} for n, d in self.used],
                 "skipped": [{"name": n, "reason": r} for n, r in self.skipped]}
+
+
+def draw(candidates, num: int | None, seed: int) -> list:
+    """The sampling rule of every source: ``candidates`` in a seeded random order, the first ``num``
+    (all with None). Calibration uses them in this order; evaluation and comparison in path order."""
+    order = list(candidates)
+    random.Random(seed).shuffle(order)
+    return order[:num]
 
 
 def _reason(e: ConvertError) -> str:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
 
 ARTIFACT_JSON = "artifact.json"
 
@@ -34,9 +35,23 @@ InputPath = Annotated[Path, InputFile()]
 
 
 class PassConfig(BaseModel):
-    """Base of every pass config: unknown keys are rejected, every field is described."""
+    """Base of every pass config: unknown keys are rejected, every field is described.
+
+    ``replaced`` names parameters a config no longer has and what took their place: a spec still
+    using one fails with that said (``convert validate`` reports it as a one-line error).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    replaced: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, values):
+        if cls.replaced and isinstance(values, dict):
+            old = next((k for k in values if k in cls.replaced), None)
+            if old is not None:
+                raise PydanticCustomError("replaced", "{key} was replaced: {by}", {"key": old, "by": cls.replaced[old]})
+        return values
 
 
 @dataclass(frozen=True)

@@ -27,10 +27,11 @@ import io
 import json
 import math
 import time
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -48,8 +49,10 @@ have no segmentation area (COCO's ``area``) and a person's is about half its box
 YOLO_VAL_DEFAULTS = {"conf": 0.001, "iou": 0.6, "max_det": 300}
 """YOLOv5 ``val.py`` defaults: keep nearly every candidate so the precision-recall curve is complete."""
 
-METRICS = ("mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50")
-"""Names of the headline figures :func:`evaluate_model` returns (keypoint ones for pose models)."""
+Metric = Literal["mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50"]
+"""A headline figure :func:`evaluate_model` returns (keypoint ones for pose models); the one list of them,
+which the gates and the calibration method choice take their ``metric`` from."""
+METRICS: tuple[str, ...] = typing.get_args(Metric)
 
 
 @dataclass
@@ -276,7 +279,7 @@ def _yolo_annotation(row: list[float], w: int, h: int, nc: int, nk: int, where: 
 
 
 def load_coco(annotations: str | Path, images: str | Path, names: list[str] | None = None,
-              max_images: int | None = None) -> Dataset:
+              max_images: int | None = None, content: dict[str, Any] | None = None) -> Dataset:
     """Reads a COCO annotation file (instances or person keypoints) and its images.
 
     Args:
@@ -285,14 +288,17 @@ def load_coco(annotations: str | Path, images: str | Path, names: list[str] | No
         names: The model's class names, to map model classes to categories when the file has
             a different number of categories (mapped by name).
         max_images: Use only the first N images that exist (sorted by file name).
+        content: The file's parsed content when the caller has it already (it is not modified).
 
     Raises:
         ConvertError: Unreadable file, no image found, or classes that cannot be mapped.
     """
-    try:
-        data = json.loads(Path(annotations).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConvertError(f"annotations {annotations}: cannot be read as JSON ({e}).") from None
+    data = content
+    if data is None:
+        try:
+            data = json.loads(Path(annotations).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConvertError(f"annotations {annotations}: cannot be read as JSON ({e}).") from None
     cats = sorted(data.get("categories", []), key=lambda c: c["id"])
     if not cats:
         raise ConvertError(f"annotations {annotations}: no categories.")
@@ -320,11 +326,12 @@ def load_coco(annotations: str | Path, images: str | Path, names: list[str] | No
                            hint="`images` must be the folder holding the annotation file's images.")
     ids = {im["id"] for im in kept}
     nk = max((len(c.get("keypoints", [])) for c in cats), default=0)
-    gt = {"images": kept, "annotations": [a for a in data.get("annotations", []) if a["image_id"] in ids],
-          "categories": cats}
-    if nk:
-        for a in gt["annotations"]:
-            a.setdefault("num_keypoints", int(np.count_nonzero(np.asarray(a.get("keypoints", [0, 0, 0]))[2::3])))
+    anns = [a for a in data.get("annotations", []) if a["image_id"] in ids]
+    if nk:  # new records: the content may be shared (calib.data.coco_json)
+        anns = [a if "num_keypoints" in a else
+                {**a, "num_keypoints": int(np.count_nonzero(np.asarray(a.get("keypoints", [0, 0, 0]))[2::3]))}
+                for a in anns]
+    gt = {"images": kept, "annotations": anns, "categories": cats}
     model_names = list(names) if names is not None else cat_names
     return Dataset(entries, gt, model_names, category_ids, nk, source=f"COCO annotations {annotations}")
 

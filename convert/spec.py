@@ -458,6 +458,10 @@ def _validate_config(pass_cls: type[Pass], params: Any, kp: str, fail) -> PassCo
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        if err["type"] == "replaced":  # a parameter of an older version of the pass (PassConfig.replaced)
+            key = f"{kp}.{loc + '.' if loc else ''}{err['ctx']['key']}"
+            fail(key, f"no longer a parameter of pass {pass_cls.name!r}: it was replaced by {err['ctx']['by']}.",
+                 hint=f"update the spec; `convert passes show {pass_cls.name}` lists the parameters.")
         if err["type"] == "extra_forbidden":
             fields = list(pass_cls.Config.model_fields)
             close = difflib.get_close_matches(str(err["loc"][-1]), fields, n=1)

@@ -27,14 +27,17 @@ from __future__ import annotations
 import json
 import math
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from calib.data import LabelledSource
 from calib.qdq import QuantizeSettings
 from calib.table import TABLE_FORMAT
-from convert.base import Input, InputPath, Pass, PassConfig, PassResult
+from convert.base import Input, InputPath, Pass, PassResult
 from convert.errors import BackendMissing, ConvertError, PassError
+from convert.evaluation import Metric
 
 SAMPLES_DIR = "samples"
 
@@ -49,28 +52,32 @@ def _default_trt_version() -> str:
 Method = Literal["minmax", "entropy", "percentile", "mse"]
 
 
-class AutoConfig(PassConfig):
-    """Settings of ``method: auto``: which methods are tried and how they are scored."""
+class AutoConfig(LabelledSource):
+    """Settings of ``method: auto``: which methods are tried and how they are scored.
+
+    The held-out images are a data source (:class:`calib.data.LabelledSource`): by default the
+    calibration source's images that calibration did not use, with its labels.
+    """
+
+    replaced: ClassVar[dict[str, str]] = {"max_images": "num (the number of held-out images scored)"}
 
     candidates: list[Method] = Field(["minmax", "entropy", "percentile"], min_length=1,
                                      description="methods tried, in order of preference (see margin)")
-    metric: Literal["mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50"] | None = Field(
-        None, description="figure maximised on the held-out images (default: kpt_mAP50-95 for a pose model, "
-        "else mAP50-95)")
+    metric: Metric | None = Field(None, description="figure maximised on the held-out images (default: "
+                                  "kpt_mAP50-95 for a pose model, else mAP50-95)")
     data: InputPath | None = Field(None, description="labelled images to score on: a YOLO dataset (directory or "
-                                   "YAML) or a COCO annotation JSON; default: the images of the calibration source "
-                                   "that calibration did not use (calibration images are always left out)")
-    source: Literal["auto", "folder", "list", "yolo", "coco"] = Field(
-        "auto", description="kind of auto.data (auto: guessed from the path)")
+                                   "YAML), a folder or list file of images with YOLO labels, or a COCO annotation "
+                                   "JSON; default: the images of the calibration source that calibration did not "
+                                   "use (calibration images are always left out)")
     split: str = Field("val", min_length=1, description="split of a YOLO auto.data")
-    images: InputPath | None = Field(None, description="image folder of a COCO auto.data")
-    max_images: int = Field(64, ge=1, description="held-out images scored (drawn with the calibration seed)")
+    num: int = Field(64, ge=1, description="held-out images scored (drawn with seed)")
+    seed: int | None = Field(None, description="seed of the held-out draw (default: the calibration seed)")
     margin: float = Field(0.01, ge=0, le=1, description="the first candidate listed that scores within this of the "
                           "best is chosen: on 64 images, scores differ by about a point (0.01) from sampling noise "
                           "alone; lower it when scoring on many more images")
     screen_images: int = Field(16, ge=0, description="first round: every candidate is scored on this many of the "
                                "held-out images, and only those within screen_margin of the best there on all "
-                               "max_images (0: one round on all)")
+                               "num of them (0: one round on all)")
     screen_margin: float = Field(0.03, ge=0, le=1, description="first-round score below the best beyond which a "
                                  "candidate is not scored further (16 images: sampling noise is a few points)")
     threads: int | None = Field(None, ge=1, description="ONNX Runtime threads while scoring")
@@ -86,16 +93,21 @@ class AutoConfig(PassConfig):
             raise ValueError(f"candidates {v} lists a method twice")
         return v
 
+    @field_validator("source")
+    @classmethod
+    def _labelled(cls, v):
+        if v == "builtin":
+            raise ValueError("the built-in photos have no labels to score on; give labelled images in auto.data")
+        return v
 
-class CalibrateConfig(PassConfig):
+
+class CalibrateConfig(LabelledSource):
+    """The calibration images are a data source (:class:`calib.data.LabelledSource`); their labels
+    (by convention, or ``labels``) are read only by method auto, to score on the images left over."""
+
     data: InputPath | None = Field(None, description="calibration images: a folder, a list file, a YOLO dataset "
                                    "(directory or dataset YAML), a COCO annotation JSON; null for the built-in set "
                                    "(photos shipped with scikit-image)")
-    source: Literal["auto", "folder", "list", "yolo", "coco", "builtin"] = Field(
-        "auto", description="kind of `data` (auto: guessed from the path)")
-    split: str = Field("train", min_length=1, description="split of a YOLO dataset (YAML key or images/<split>)")
-    images: InputPath | None = Field(None, description="image folder of a COCO annotation file "
-                                     "(default: searched next to it)")
     num: int = Field(64, ge=1, description="number of images to use (all if the source has fewer)")
     seed: int = Field(0, description="seed of the sampling order")
     batch_size: int = Field(1, ge=1, description="images per inference batch")
@@ -158,6 +170,9 @@ class CalibrateConfig(PassConfig):
                 AutoConfig.model_validate(values["auto"])
             except ValidationError as e:
                 err = e.errors()[0]
+                if err["type"] == "replaced":
+                    raise PydanticCustomError("replaced", "{key} was replaced: {by}",
+                                              {"key": f"auto.{err['ctx']['key']}", "by": err["ctx"]["by"]}) from None
                 raise ValueError(f"auto.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
             values = {k: v for k, v in values.items() if k != "auto"}
         return values
@@ -165,20 +180,18 @@ class CalibrateConfig(PassConfig):
     @model_validator(mode="after")
     def _source(self):
         # Resolve the source now so that an empty or wrong source fails `convert validate`,
-        # before any model is built. Listing a folder or reading a list file is cheap.
-        from calib.data import check_source
-
+        # before any model is built. Listing a folder is cheap, and a file is read once (calib.data).
         if self.trt_cache is not None:
             if self.data is not None:
                 raise ValueError("give either data (to calibrate) or trt_cache (to import ranges), not both")
             if self.method == "auto":
                 raise ValueError("method auto calibrates; it cannot be combined with an imported trt_cache")
             return self
-        check_source(self.data, self.source, self.split, self.images)
+        self.check()
         if self.method == "auto":
             auto = self.auto
             if auto.data is not None:
-                check_source(auto.data, auto.source, auto.split, auto.images, key="auto.data")
+                auto.check("auto.data")
             elif self.data is None:
                 raise ValueError("method auto scores each method on labelled images, and the built-in calibration "
                                  "set has no labels; give data (a YOLO dataset or COCO annotation file) or "
@@ -201,21 +214,15 @@ class Calibrate(Pass):
     def key_files(cls, config: CalibrateConfig) -> list:
         """The candidate images (a list file or dataset YAML names them; editing one must re-key) and, for
         method auto, the held-out images and their YOLO labels."""
-        from calib.data import resolve_source
-        from convert.evaluation import yolo_label_path
-
         if config.trt_cache is not None:
             return []
-        source = resolve_source(config.data, config.source, config.split, config.images)
-        files = [cand.path for cand in source.candidates if cand.path is not None]
+        files = config.files()
         if config.method == "auto":
-            a = config.auto
-            held = source if a.data is None else resolve_source(a.data, a.source, a.split, a.images)
-            paths = [cand.path for cand in held.candidates if cand.path is not None]
-            if held is not source:
+            held = config.auto if config.auto.data is not None else config
+            paths = held.files()
+            if held is not config:
                 files += paths
-            if held.kind != "coco":  # a COCO file is itself a keyed config file
-                files += [yolo_label_path(p, None, None) for p in paths]
+            files += held.label_files(paths)
         return files
 
     def run(self, inputs, out, ctx) -> PassResult:
@@ -247,8 +254,7 @@ class Calibrate(Pass):
             method = "trt_cache"
         else:
             pp = data.resolve_preprocess(model.meta.get("preprocess"), c.preprocess, inp, c.batch_size)
-            cset = data.CalibrationSet(data.resolve_source(c.data, c.source, c.split, c.images), c.num, c.seed,
-                                       c.on_bad_image)
+            cset = data.CalibrationSet(c.resolve(), c.num, c.seed, c.on_bad_image)
             (out / SAMPLES_DIR).mkdir()
             batches = ctx.bar(data.batches(_keep(cset.samples(), out / SAMPLES_DIR), pp, c.batch_size),
                               total=math.ceil(cset.expected / c.batch_size), desc=f"{c.method} calibration")
@@ -311,18 +317,18 @@ class Calibrate(Pass):
         """``method: auto``: scores each candidate's ranges on held-out labelled images (:mod:`calib.auto`)."""
         from calib import auto as selection
         from calib.calibrators import method_params
-        from calib.data import resolve_source
         from calib.table import calibration_batches
         from convert.evaluation import class_names
 
         c: CalibrateConfig = self.config
         a = c.auto
-        source = resolve_source(a.data, a.source, a.split, a.images) if a.data is not None else cset.source
+        held = a if a.data is not None else c
         used_names = {n for n, _ in cset.used}
         used = {cand.path for cand in cset.source.candidates if cand.name in used_names and cand.path is not None}
         meta = {**model.meta, "preprocess": pp}
         nk = int((meta.get("head") or {}).get("nk") or 0)
-        dataset = selection.holdout_dataset(source, used, class_names(meta), nk, a.max_images, c.seed)
+        dataset = selection.holdout_dataset(held, used, class_names(meta), nk, a.num,
+                                            c.seed if a.seed is None else a.seed)
         samples = sorted(samples_dir.iterdir())
         params = {m: method_params(m, c.num_bins, c.percentile, c.entropy_stride) for m in candidates}
         return selection.select(model.file, meta, candidates, params, dataset, a.quantize,

@@ -18,12 +18,13 @@ Tolerances are per precision; exceeding one fails the run (after the figures are
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from convert.base import Input, InputPath, Pass, PassConfig, PassResult
+from calib.data import DataSource
+from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import ConvertError
 from convert.postprocess import OUTPUT_NAMES, box_iou
 
@@ -65,10 +66,13 @@ class Tolerances(PassConfig):
     int8: INT8Tolerance = Field(default_factory=INT8Tolerance, description="INT8 (quantized) artifacts")
 
 
-class CompareConfig(PassConfig):
-    images: InputPath | None = Field(None, description="folder of real images (searched recursively); null: the "
-                                     "built-in sample photos (scikit-image's)")
-    max_images: int = Field(8, ge=1, description="compare on the first N images (sorted by path)")
+class CompareConfig(DataSource):
+    """The images compared on are a data source (:class:`calib.data.DataSource`): ``num`` of them drawn
+    with ``seed``, in path order; by default eight of the built-in sample photos."""
+
+    replaced: ClassVar[dict[str, str]] = {"max_images": "num (a seeded draw of num images)"}
+
+    num: int = Field(8, ge=1, description="number of images compared on (drawn with seed, used in path order)")
     onnx_backends: list[Literal["onnxruntime", "openvino"]] = Field(
         ["onnxruntime", "openvino"], min_length=1, description="back-ends each onnx artifact runs on")
     threads: int | None = Field(None, ge=1, description="inference threads (default: the back-ends')")
@@ -77,6 +81,11 @@ class CompareConfig(PassConfig):
     match_iou: float = Field(0.5, gt=0, le=1, description="IoU for a detection to match the reference's")
     nms_iou: float = Field(0.45, gt=0, le=1, description="IoU of host-side NMS for models without NMS")
     max_det: int = Field(300, ge=1, description="detections per image of host-side NMS")
+
+    @model_validator(mode="after")
+    def _source(self):
+        self.check()  # a wrong or empty source fails `convert validate`, not the run
+        return self
 
 
 class Compare(Pass):
@@ -93,22 +102,19 @@ class Compare(Pass):
     tools = ("onnxruntime", "openvino", "tensorrt", "torch", "polygraphy", "pillow", "numpy")
     requires = ("polygraphy",)
 
+    @classmethod
+    def key_files(cls, config: CompareConfig) -> list:
+        """The images compared on, when a list file, dataset YAML or COCO file names them."""
+        return config.named_files(config.drawn())
+
     def run(self, inputs, out, ctx) -> PassResult:
-        from convert.preprocess import list_images, load_image, preprocess
+        from convert.preprocess import preprocess
         from convert.runtime import BACKENDS, infer, load_runner, model_info
 
         c: CompareConfig = self.config
         ref = inputs["reference"]
-        if c.images is None:
-            from calib.builtin import BUILTIN_IMAGES, load_builtin
-
-            names = list(BUILTIN_IMAGES[: c.max_images])
-            photos = [load_builtin(n) for n in names]
-        else:
-            paths = list_images(c.images)[: c.max_images]
-            if not paths:
-                raise ConvertError(f"images: no images under {c.images}.")
-            names, photos = [p.name for p in paths], [load_image(p) for p in paths]
+        drawn = c.drawn()
+        names, photos = [cand.name for cand in drawn], [cand.load()[0] for cand in drawn]
         pp = ref.meta.get("preprocess")
         for m in inputs["models"]:
             if _pp_key(m.meta.get("preprocess")) != _pp_key(pp):
@@ -151,7 +157,7 @@ class Compare(Pass):
             results.append(entry)
 
         record = {"type": "comparison", "reference": ref_info, "images": names,
-                  "settings": c.model_dump(mode="json", exclude={"images", "tolerances"}), "models": results}
+                  "settings": c.model_dump(mode="json", exclude={"data", "images", "tolerances"}), "models": results}
         (out / "metrics.json").write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         return PassResult("metrics", "metrics.json", {"metrics_type": "comparison"},
                           _summary(results), gate_failures=failures)

@@ -21,15 +21,14 @@ same records ``convert predict --coco`` writes for the same image.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from calib.data import LabelledSource
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError
-from convert.evaluation import METRICS
-
-Metric = Literal["mAP50-95", "mAP50", "kpt_mAP50-95", "kpt_mAP50"]
+from convert.evaluation import METRICS, Metric
 
 
 class DropGate(PassConfig):
@@ -61,12 +60,18 @@ class Gate(PassConfig):
         return self
 
 
-class EvaluateConfig(PassConfig):
-    data: InputPath = Field(description="folder of images (searched recursively), e.g. a YOLO dataset root")
-    labels: InputPath | None = Field(
-        None, description="folder of YOLO labels mirroring `data`; default: `images` -> `labels` in each path")
-    annotations: InputPath | None = Field(None, description="a COCO annotation file instead of YOLO labels")
-    max_images: int | None = Field(None, ge=1, description="evaluate only the first N images (sorted by path)")
+class EvaluateConfig(LabelledSource):
+    """The evaluation images are a data source (:class:`calib.data.LabelledSource`) with labels: a COCO
+    annotation file, or YOLO labels by convention or under ``labels``."""
+
+    replaced: ClassVar[dict[str, str]] = {
+        "annotations": "data (give the COCO annotation file as data, and its image folder as images)",
+        "max_images": "num (a seeded draw of num images, evaluated in path order)"}
+
+    data: InputPath = Field(description="labelled images: a YOLO dataset (directory, e.g. coco128, or dataset "
+                            "YAML), a folder or list file of images with YOLO labels, or a COCO annotation JSON")
+    split: str = Field("val", min_length=1, description="split of a YOLO dataset (YAML key or images/<split>; "
+                       "all of images/ when there is no such folder)")
     backend: Literal["onnxruntime", "openvino", "tensorrt", "torch"] | None = Field(
         None, description="back-end to run the model on (default: by kind; an onnx model may use openvino)")
     threads: int | None = Field(None, ge=1, description="inference threads (default: the back-end's)")
@@ -80,6 +85,11 @@ class EvaluateConfig(PassConfig):
     gates: list[Gate] = Field(default_factory=list, description="accuracy gates; a failure fails the run (exit 1), "
                               "e.g. [{max_drop: {metric: mAP50-95, reference: fp32, value: 0.01}}, "
                               "{min: {metric: mAP50, value: 0.5}}]; metrics: " + ", ".join(METRICS))
+
+    @model_validator(mode="after")
+    def _source(self):
+        self.check()  # a wrong or empty source fails `convert validate`, not the run
+        return self
 
 
 class Evaluate(Pass):
@@ -99,16 +109,13 @@ class Evaluate(Pass):
 
     @classmethod
     def key_files(cls, config: EvaluateConfig) -> list:
-        """The YOLO labels found by convention (``images`` -> ``labels``), which may lie outside ``data``."""
-        from convert.evaluation import yolo_label_path
-        from convert.preprocess import list_images
-
-        if config.annotations is not None or config.labels is not None:
-            return []  # both are keyed config paths
-        return [yolo_label_path(p, None, None) for p in list_images(config.data)[:config.max_images]]
+        """The images a list file, dataset YAML or COCO file names, and their YOLO labels found by convention
+        (which may lie outside ``data``)."""
+        drawn = config.drawn()
+        return config.named_files(drawn) + config.label_files([c.path for c in drawn])
 
     def run(self, inputs, out, ctx) -> PassResult:
-        from convert.evaluation import class_names, coco_results, evaluate_model, load_dataset
+        from convert.evaluation import class_names, coco_results, evaluate_model
         from convert.runtime import load_runner, model_info
 
         c: EvaluateConfig = self.config
@@ -118,7 +125,10 @@ class Evaluate(Pass):
         label = c.label or info["label"]
         meta = model.meta
         nk = int((meta.get("head") or {}).get("nk") or 0)
-        dataset = load_dataset(c.data, class_names(meta), c.labels, c.annotations, nk, c.max_images)
+        dataset = c.dataset([cand.path for cand in c.drawn()], class_names(meta), nk)
+        if not dataset.gt["annotations"]:
+            raise ConvertError(f"the {len(dataset)} evaluation images ({dataset.source}) hold no labelled object: "
+                               "every figure would be 0.", hint="evaluate on labelled images.")
         settings = {"conf": c.conf, "iou": c.iou, "max_det": c.max_det, "end2end": info["end2end"],
                     "in_graph_nms": meta.get("postprocess") if info["end2end"] else None,
                     "preprocess": meta.get("preprocess"), "kpt_sigmas": c.kpt_sigmas}

@@ -20,11 +20,12 @@ knows how to feed it and decode it::
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from convert.base import Input, InputPath, Pass, PassConfig, PassResult
+from calib.data import DataSource
+from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import PassError
 
 RT_INFO_SECTION = "convert"
@@ -32,28 +33,35 @@ RT_INFO_KEYS = ("names", "preprocess", "head", "precision", "end2end", "truncate
 """Metadata keys copied into the IR's rt_info (those present in the artifact's meta)."""
 
 
+class NNCFImages(DataSource):
+    """NNCF's calibration images (:class:`calib.data.DataSource`), as the calibrate pass reads them."""
+
+    num: int = Field(300, ge=1, description="number of calibration images (NNCF's subset_size)")
+
+
+_CALIB_BLOCK = "the calib block (calib: {data, source, split, images, num, seed}, as the calibrate pass takes them)"
+
+
 class OpenVINOConfig(PassConfig):
+    replaced: ClassVar[dict[str, str]] = {
+        **{f"calib_{k}": f"calib.{k}, in {_CALIB_BLOCK}" for k in ("data", "source", "split", "images", "seed")},
+        "subset_size": f"calib.num, in {_CALIB_BLOCK}"}
+
     compress_to_fp16: bool = Field(False, description="store float weights as FP16 (openvino.save_model's "
                                    "compress_to_fp16); the IR's precision is then fp16 unless it is INT8")
     quantize: Literal["none", "nncf"] = Field("none", description="nncf: quantize the FP32 model to INT8 with "
                                               "nncf.quantize (an alternative to the Q/DQ ONNX of the quantize pass)")
     preset: Literal["mixed", "performance"] = Field("mixed", description="NNCF preset: mixed (symmetric weights, "
                                                     "asymmetric activations) or performance (all symmetric)")
-    subset_size: int = Field(300, ge=1, description="NNCF: number of calibration images")
     fast_bias_correction: bool = Field(True, description="NNCF: the fast bias correction (false: the slower, "
                                        "more accurate one)")
     ignored_types: list[str] = Field(default_factory=list, description="NNCF: OpenVINO op types left in float "
                                      "(e.g. [Sigmoid, Multiply] to keep a decoding head exact)")
     ignored_patterns: list[str] = Field(default_factory=list, description="NNCF: regular expressions of node names "
                                         "left in float")
-    calib_data: InputPath | None = Field(None, description="NNCF calibration images, as the calibrate pass reads "
-                                         "them: a folder, list file, YOLO dataset (dir or YAML) or COCO JSON; null: "
-                                         "the built-in sample photos")
-    calib_source: Literal["auto", "folder", "list", "yolo", "coco", "builtin"] = Field(
-        "auto", description="NNCF: kind of calib_data (auto: guessed from the path)")
-    calib_split: str = Field("train", min_length=1, description="NNCF: split of a YOLO dataset")
-    calib_images: InputPath | None = Field(None, description="NNCF: image folder of a COCO annotation file")
-    calib_seed: int = Field(0, description="NNCF: seed of the calibration image sample")
+    calib: NNCFImages = Field(default_factory=NNCFImages, description="NNCF calibration images (data: folder, "
+                              "list file, YOLO dataset, COCO JSON; null: the built-in photos), num of them drawn "
+                              "with seed")
     max_abs_diff: float | None = Field(None, gt=0, description="gate: fail the run when an IR output differs from "
                                        "the ONNX model's (ONNX Runtime) by more than this on the check input")
     seed: int = Field(0, description="seed of the check input (sample photos, else uniform noise)")
@@ -61,10 +69,8 @@ class OpenVINOConfig(PassConfig):
     @model_validator(mode="after")
     def _calibration_source(self):
         # Resolve the images now so that a wrong path fails `convert validate`, not the run.
-        from calib.data import check_source
-
         if self.quantize == "nncf":
-            check_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images, key="calib_data")
+            self.calib.check("calib.data")
         return self
 
 
@@ -78,6 +84,13 @@ class OpenVINO(Pass):
     output = "openvino"
     tools = ("openvino", "nncf")
     requires = ("openvino",)
+
+    @classmethod
+    def key_files(cls, config: OpenVINOConfig) -> list:
+        """NNCF's calibration images a list file, dataset YAML or COCO file names."""
+        if config.quantize != "nncf":
+            return []
+        return config.calib.named_files(list(config.calib.resolve().candidates))
 
     def run(self, inputs, out, ctx) -> PassResult:
         import openvino as ov
@@ -133,8 +146,7 @@ class OpenVINO(Pass):
         # One image per batch: NNCF's subset_size counts dataset items, and a batch of one fits
         # static and dynamic batch dimensions alike.
         pp = data.resolve_preprocess(art.meta.get("preprocess"), None, data.model_input(art.file), 1)
-        source = data.resolve_source(c.calib_data, c.calib_source, c.calib_split, c.calib_images)
-        calib = data.CalibrationSet(source, c.subset_size, c.calib_seed)
+        calib = data.CalibrationSet(c.calib.resolve(), c.calib.num, c.calib.seed)
         items = list(ctx.bar(data.batches(calib.samples(), pp, 1), total=calib.expected, desc="calibration images"))
         ignored = None
         if c.ignored_types or c.ignored_patterns:

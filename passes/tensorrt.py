@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from calib.data import DataSource
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError, PassError
 
@@ -40,7 +41,19 @@ CALIBRATORS = {"entropy2": ("IInt8EntropyCalibrator2", "EntropyCalibration2"),
 """Calibrator option -> (TensorRT base class, algorithm name in the cache header)."""
 
 
+class CalibImages(DataSource):
+    """The calibration images of implicit INT8 (:class:`calib.data.DataSource`), as the calibrate pass reads them."""
+
+    num: int = Field(64, ge=1, description="number of calibration images")
+
+
+_CALIB_BLOCK = "the calib block (calib: {data, source, split, images, num, seed}, as the calibrate pass takes them)"
+
+
 class TensorRTConfig(PassConfig):
+    replaced: ClassVar[dict[str, str]] = {
+        f"calib_{k}": f"calib.{k}, in {_CALIB_BLOCK}" for k in ("data", "source", "split", "images", "num", "seed")}
+
     typing: Literal["auto", "strong", "weak"] = Field(
         "auto", description="strong: types come from the ONNX (FP16 / Q/DQ INT8 models); weak: TensorRT chooses "
         "within the builder flags; auto: strong for an fp16 or int8 input unless fp16 or int8_calibrator asks for "
@@ -49,17 +62,12 @@ class TensorRTConfig(PassConfig):
                        "its float layers (typing auto then builds it weakly typed)")
     int8_calibrator: Literal["none", "entropy2", "minmax"] = Field(
         "none", description="legacy implicit INT8 of an FP32 model (TensorRT 10 only): IInt8EntropyCalibrator2 or "
-        "IInt8MinMaxCalibrator, fed by the `table` input, calib_cache, or the calibration images")
+        "IInt8MinMaxCalibrator, fed by the `table` input, calib_cache, or the calibration images (calib)")
     calib_cache: InputPath | None = Field(None, description="a TensorRT calibration cache to use instead of "
                                           "calibrating (written by this TensorRT version and calibrator)")
-    calib_data: InputPath | None = Field(None, description="calibration images, as the calibrate pass reads them "
-                                         "(folder, list file, YOLO dataset, COCO JSON); null: the built-in photos")
-    calib_source: Literal["auto", "folder", "list", "yolo", "coco", "builtin"] = Field(
-        "auto", description="kind of calib_data (auto: guessed from the path)")
-    calib_split: str = Field("train", min_length=1, description="split of a YOLO dataset")
-    calib_images: InputPath | None = Field(None, description="image folder of a COCO annotation file")
-    calib_num: int = Field(64, ge=1, description="number of calibration images")
-    calib_seed: int = Field(0, description="seed of the calibration image sample")
+    calib: CalibImages = Field(default_factory=CalibImages, description="calibration images of int8_calibrator "
+                               "(data: folder, list file, YOLO dataset, COCO JSON; null: the built-in photos), num "
+                               "of them drawn with seed")
     calib_batch: int = Field(1, ge=1, description="images per calibration batch")
     batch: tuple[int, int, int] = Field((1, 1, 1), description="min, opt, max batch of the optimisation profile "
                                         "(dynamic batch inputs only)")
@@ -84,12 +92,10 @@ class TensorRTConfig(PassConfig):
                              "typing (for a strongly typed FP16 engine, convert with the fp16 pass first)")
         if self.calib_cache is not None and self.int8_calibrator == "none":
             raise ValueError("calib_cache needs int8_calibrator: entropy2 or minmax (the cache's algorithm)")
-        if self.calib_cache is not None and self.calib_data is not None:
-            raise ValueError("give either calib_data (to calibrate) or calib_cache (to reuse a cache), not both")
-        if self.calib_data is not None:  # the built-in default needs no check; a given source may be wrong
-            from calib.data import check_source
-
-            check_source(self.calib_data, self.calib_source, self.calib_split, self.calib_images, key="calib_data")
+        if self.calib_cache is not None and self.calib.data is not None:
+            raise ValueError("give either calib.data (to calibrate) or calib_cache (to reuse a cache), not both")
+        if self.calib.data is not None:  # the built-in default needs no check; a given source may be wrong
+            self.calib.check("calib.data")
         return self
 
 
@@ -398,6 +404,13 @@ class TensorRT(Pass):
     def runs_code(cls, config) -> str | None:
         return f"loads plugin libraries {[str(p) for p in config.plugins]}" if config.plugins else None
 
+    @classmethod
+    def key_files(cls, config: TensorRTConfig) -> list:
+        """The calibration images a list file, dataset YAML or COCO file names (when calibrating from images)."""
+        if config.int8_calibrator == "none" or config.calib_cache is not None:
+            return []
+        return config.calib.named_files(list(config.calib.resolve().candidates))
+
     def run(self, inputs, out, ctx) -> PassResult:
         import tensorrt as trt
 
@@ -492,8 +505,8 @@ class TensorRT(Pass):
 
         c: TensorRTConfig = self.config
         pp = data.resolve_preprocess(art.meta.get("preprocess"), None, data.model_input(art.file), c.calib_batch)
-        source = data.resolve_source(c.calib_data, c.calib_source, c.calib_split, c.calib_images)
-        return data.batches(data.CalibrationSet(source, c.calib_num, c.calib_seed).samples(), pp, c.calib_batch)
+        cset = data.CalibrationSet(c.calib.resolve(), c.calib.num, c.calib.seed)
+        return data.batches(cset.samples(), pp, c.calib_batch)
 
 
 def check_against_onnx(engine: Path, art, plan: BuildPlan, seed: int):

@@ -19,7 +19,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from calib.auto import holdout_dataset, pick
-from calib.data import resolve_source
+from calib.data import LabelledSource
 from convert.base import Artifact, RunContext
 from convert.errors import ConvertError
 from passes.calibrate import Calibrate, CalibrateConfig
@@ -151,7 +151,7 @@ def test_auto_with_separate_labelled_images(tmp_path, detector):
     calib_images = square_dataset(tmp_path / "calib", n=4, seed=1) / "images"
     val = square_dataset(tmp_path / "val", n=5, seed=2)
     _, table = calibrate(tmp_path, detector, "auto", data=calib_images, method="auto",
-                         auto={"data": val, "candidates": ["minmax"], "max_images": 3, "metric": "mAP50",
+                         auto={"data": val, "candidates": ["minmax"], "num": 3, "metric": "mAP50",
                                "quantize": {"bias_correction": False}})
     sel = table["selection"]
     assert sel["holdout"]["images"] == 3 and sel["metric"] == "mAP50" and sel["chosen"] == "minmax"
@@ -163,7 +163,7 @@ def test_auto_errors(tmp_path, detector):
     with pytest.raises(ValidationError, match="built-in calibration set has no labels"):
         CalibrateConfig(method="auto")
     # Auto settings do not count with another method: not an error, and not part of the cache key.
-    assert CalibrateConfig(data=data, method="minmax", auto={"max_images": 3}).auto is None
+    assert CalibrateConfig(data=data, method="minmax", auto={"num": 3}).auto is None
     with pytest.raises(ValidationError, match="auto.max_imges: Extra inputs are not permitted"):
         CalibrateConfig(data=data, method="minmax", auto={"max_imges": 3})  # a typo is caught all the same
     with pytest.raises(ValidationError, match="lists a method twice"):
@@ -183,7 +183,7 @@ def test_holdout_without_labels_is_refused(tmp_path):
     square_dataset(tmp_path / "ds", n=3)
     for f in (tmp_path / "ds" / "labels").iterdir():
         f.unlink()
-    source = resolve_source(tmp_path / "ds")
+    source = LabelledSource(data=tmp_path / "ds")
     with pytest.raises(ConvertError, match="none of the 3 images has a YOLO label file"):
         holdout_dataset(source, set(), ["square"], 0, 10, 0)
 
@@ -197,7 +197,7 @@ def test_holdout_from_a_coco_file_keeps_its_annotations(tmp_path):
             "categories": [{"id": 1, "name": "square"}]}
     ann = root / "annotations.json"
     ann.write_text(json.dumps(coco))
-    source = resolve_source(ann, images=root / "images")
+    source = LabelledSource(data=ann, images=root / "images")
     ds = holdout_dataset(source, {images[0], images[2]}, ["square"], 0, 10, 0)
     assert [im.path.name for im in ds.images] == [images[1].name, images[3].name]
     assert len(ds.gt["annotations"]) == 2

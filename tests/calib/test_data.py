@@ -12,8 +12,11 @@ from PIL import Image
 
 from calib.data import (
     CalibrationSet,
+    DataSource,
+    LabelledSource,
     ModelInput,
     batches,
+    draw,
     resolve_preprocess,
     resolve_source,
 )
@@ -262,3 +265,64 @@ def test_list_entries_naming_a_fifo_or_a_device_are_refused_without_reading_them
     assert [s.name for s in cset.samples()] == ["ok.png"]
     reasons = {s["name"]: s["reason"] for s in cset.record()["skipped"]}
     assert len(reasons) == 3 and all("not a regular file" in r for r in reasons.values()), reasons
+
+
+def _coco(tmp_path, n=3):
+    """A COCO file of n labelled images in tmp_path/imgs, and its path."""
+    for i in range(n):
+        write_image(tmp_path / "imgs" / f"{i}.jpg", seed=i)
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 40, "height": 30} for i in range(n)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
+                         "iscrowd": 0} for i in range(n)],
+        "categories": [{"id": 1, "name": "square"}]}))
+    return ann
+
+
+def test_a_folder_is_listed_afresh_and_draws_are_seeded(tmp_path):
+    for i in range(5):
+        write_image(tmp_path / "imgs" / f"{i}.jpg", seed=i)
+    src = DataSource(data=tmp_path / "imgs", num=3, seed=1)
+    drawn = [c.name for c in src.drawn()]
+    assert len(drawn) == 3 and drawn == sorted(drawn) and drawn == [c.name for c in src.drawn()]
+    assert sorted(c.name for c in draw(src.resolve().candidates, 3, 1)) == drawn
+    assert src.named_files(src.drawn()) == []  # a folder is keyed whole as a config path
+    write_image(tmp_path / "imgs" / "sub" / "5.jpg")
+    assert len(src.resolve().candidates) == 6
+
+
+def test_images_belongs_to_a_coco_source_only(tmp_path):
+    write_image(tmp_path / "imgs" / "a.jpg")
+    with pytest.raises(ConvertError, match="image folder of a COCO annotation file.*data is null"):
+        DataSource(images=tmp_path / "imgs").resolve()
+    with pytest.raises(ConvertError, match="is a folder source"):
+        DataSource(data=tmp_path / "imgs", images=tmp_path / "imgs").resolve()
+
+
+def test_labelled_source_reads_yolo_labels_by_convention_or_from_a_labels_folder(tmp_path):
+    write_image(tmp_path / "ds" / "images" / "a.jpg")
+    write_image(tmp_path / "ds" / "images" / "b.jpg", seed=1)
+    (tmp_path / "ds" / "labels").mkdir()
+    (tmp_path / "ds" / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    conv = LabelledSource(data=tmp_path / "ds")
+    paths = [c.path for c in conv.drawn()]
+    assert conv.label_files(paths) == [tmp_path / "ds" / "labels" / "a.txt", tmp_path / "ds" / "labels" / "b.txt"]
+    assert len(conv.dataset(paths, ["square"], 0).gt["annotations"]) == 1
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n0 0.2 0.2 0.1 0.1\n")
+    given = LabelledSource(data=tmp_path / "ds" / "images", labels=tmp_path / "elsewhere")
+    assert given.label_files(paths) == []  # the labels folder is itself a keyed config path
+    assert len(given.dataset([c.path for c in given.drawn()], ["square"], 0).gt["annotations"]) == 2
+    # unset labels stay out of the dump: keys of stages written before `labels` existed are unchanged
+    assert "labels" not in conv.model_dump() and given.model_dump()["labels"] == tmp_path / "elsewhere"
+
+
+def test_labelled_coco_source_keeps_the_files_order_and_checks_keypoints(tmp_path):
+    ann = _coco(tmp_path, n=4)
+    src = LabelledSource(data=ann, images=tmp_path / "imgs")
+    paths = [tmp_path / "imgs" / "3.jpg", tmp_path / "imgs" / "1.jpg"]
+    ds = src.dataset(paths, ["square"], 0)
+    assert [im.path for im in ds.images] == paths and len(ds.gt["annotations"]) == 2
+    with pytest.raises(ConvertError, match="predicts 17 keypoints"):
+        src.dataset(paths, ["square"], 17)

@@ -221,3 +221,24 @@ def test_editing_an_image_named_by_a_list_file_re_runs_calibration(tmp_path, mon
     assert run() == {"load": "cached", "calibrate": "cached"}
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "elsewhere" / "img1.png")  # same name, new pixels
     assert run() == {"load": "cached", "calibrate": "ran"}
+
+
+def test_renamed_auto_key_fails_validation_naming_num(tmp_path):
+    data = tmp_path / "imgs"
+    image_folder(data, n=3)
+    with pytest.raises(ValidationError, match="max_images was replaced: num"):
+        CalibrateConfig(data=data, method="auto", auto={"max_images": 3})
+    with pytest.raises(ValidationError, match="auto.max_images was replaced: num"):
+        CalibrateConfig(data=data, method="minmax", auto={"max_images": 3})
+
+
+def test_metric_names_are_one_list():
+    import typing
+
+    from convert.evaluation import METRICS
+    from passes.calibrate import AutoConfig
+    from passes.evaluate import DropGate, MinGate
+
+    for field in (AutoConfig.model_fields["metric"], DropGate.model_fields["metric"], MinGate.model_fields["metric"]):
+        args = [a for a in typing.get_args(field.annotation) if a is not type(None)]
+        assert set(typing.get_args(args[0]) or args) == set(METRICS)

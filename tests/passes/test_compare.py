@@ -44,7 +44,7 @@ def models(tmp_path_factory):
 
 
 def test_fp32_onnx_matches_torch_on_onnxruntime_and_openvino(models, tmp_path):
-    cfg = CompareConfig(images=models["images"], agreement_conf=LOW_CONF)
+    cfg = CompareConfig(data=models["images"], agreement_conf=LOW_CONF)
     art, res = step(Compare(cfg), tmp_path, "cmp", reference=models["torch"], models=[models["onnx"]])
     rec = json.loads(art.file.read_text())
     assert res.gate_failures == [] and res.summary["checked"] == 2 and res.summary["failed"] == 0
@@ -60,7 +60,7 @@ def test_fp32_onnx_matches_torch_on_onnxruntime_and_openvino(models, tmp_path):
 
 
 def test_raw_head_compares_per_level_map(models, tmp_path):
-    cfg = CompareConfig(images=models["images"], onnx_backends=["openvino"], agreement_conf=LOW_CONF, max_images=1)
+    cfg = CompareConfig(data=models["images"], onnx_backends=["openvino"], agreement_conf=LOW_CONF, num=1)
     art, res = step(Compare(cfg), tmp_path, "cmp", reference=models["truncated"], models=[models["onnx_raw"]])
     rec = json.loads(art.file.read_text())
     assert list(rec["models"][0]["outputs"]) == ["p3", "p4", "p5"] and res.gate_failures == []
@@ -68,13 +68,13 @@ def test_raw_head_compares_per_level_map(models, tmp_path):
 
 
 def test_exceeded_tolerance_fails_with_output_and_figures(models, tmp_path):
-    cfg = CompareConfig(images=models["images"], onnx_backends=["onnxruntime"], agreement_conf=LOW_CONF)
+    cfg = CompareConfig(data=models["images"], onnx_backends=["onnxruntime"], agreement_conf=LOW_CONF)
     _, res = step(Compare(cfg), tmp_path, "cmp", reference=models["torch"], models=[models["other"]])
     text = "\n".join(res.gate_failures)
     assert res.summary["failed"] == 1
     assert "onnx/fp32@onnxruntime vs torch/fp32@torch: output 'predictions': max abs error" in text
     assert "cosine similarity" in text and "(fp32 tolerance)" in text
-    loose = CompareConfig(images=models["images"], onnx_backends=["onnxruntime"], agreement_conf=LOW_CONF,
+    loose = CompareConfig(data=models["images"], onnx_backends=["onnxruntime"], agreement_conf=LOW_CONF,
                           tolerances={"fp32": {"atol": None, "rtol": None, "min_cosine": -1, "min_agreement": None}})
     _, res = step(Compare(loose), tmp_path, "loose", reference=models["torch"], models=[models["other"]])
     assert res.gate_failures == []
@@ -107,7 +107,7 @@ def test_end2end_models_are_compared_by_detections(models, tmp_path):
     perfect = end2end_model(tmp_path, "perfect", 0, {**base, "precision": "fp32"})
     in_graph_nms = {"score_threshold": 0.5, "iou_threshold": 0.7, "max_detections": 8}
     shifted = end2end_model(tmp_path, "shifted", 12, {**base, "precision": "int8", "postprocess": in_graph_nms})
-    cfg = CompareConfig(images=models["images"], max_images=1, onnx_backends=["onnxruntime"])
+    cfg = CompareConfig(data=models["images"], num=1, onnx_backends=["onnxruntime"])
     art, res = step(Compare(cfg), tmp_path, "cmp", reference=perfect, models=[perfect, shifted])
     rec = json.loads(art.file.read_text())
     same, moved = rec["models"]
@@ -128,7 +128,7 @@ def test_mismatched_preprocessing_is_refused(models, tmp_path):
     odd = Artifact("onnx", models["onnx"].path, "model.onnx",
                    {**models["onnx"].meta, "preprocess": {**models["onnx"].meta["preprocess"], "size": [32, 32]}}, "x")
     with pytest.raises(ConvertError, match="preprocesses images differently"):
-        step(Compare(CompareConfig(images=models["images"])), tmp_path, "cmp", reference=models["torch"], models=[odd])
+        step(Compare(CompareConfig(data=models["images"])), tmp_path, "cmp", reference=models["torch"], models=[odd])
 
 
 def test_agreement_matches_by_class_and_iou():

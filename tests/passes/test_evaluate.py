@@ -236,3 +236,38 @@ def test_evaluation_without_usable_labels_fails_instead_of_scoring_zero(tmp_path
     with pytest.raises(ConvertError, match=match) as e:
         run(tmp_path, "ev", EvaluateConfig(data=data), model=model)
     assert "\n" not in str(e.value)
+
+
+def coco_file(tmp_path, n=3):
+    """A COCO file of n labelled images in tmp_path/imgs."""
+
+    (tmp_path / "imgs").mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((30, 40, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 40, "height": 30} for i in range(n)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
+                         "iscrowd": 0} for i in range(n)],
+        "categories": [{"id": 1, "name": "square"}]}))
+    return ann
+
+
+def test_a_described_source_is_resolved_and_parsed_once_per_process(tmp_path, monkeypatch):
+    """A COCO file behind a stage is parsed once: by the validator, key_files and run alike (memoised)."""
+    import calib.data as data
+
+    ann = coco_file(tmp_path)
+    parsed = []
+    real = json.loads
+    monkeypatch.setattr(data.json, "loads", lambda text, *a, **k: parsed.append(1) or real(text, *a, **k))
+    config = EvaluateConfig(data=ann, images=tmp_path / "imgs")  # the validator resolves the source
+    assert Evaluate.key_files(config) == [tmp_path / "imgs" / f"{i}.jpg" for i in range(3)]  # named by the file
+    ds = config.dataset([c.path for c in config.drawn()], ["square"], 0)
+    assert len(ds) == 3 and len(ds.gt["annotations"]) == 3
+    assert config.resolve() is config.resolve() and len(parsed) == 1
+    # an edited file is read again
+    ann.write_text(ann.read_text().replace('"0.jpg"', '"2.jpg"', 1))
+    assert len(config.resolve().candidates) == 2 and len(parsed) == 2
+
+

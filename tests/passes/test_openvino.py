@@ -118,7 +118,7 @@ def test_nncf_quantization_on_calibration_images(fp32, tmp_path, capfd):
     images = tmp_path / "images"
     write_images(images, 4)
     head = r"/model\.24/m\.\d+/Conv.*"  # the detection head's 1x1 convolutions
-    cfg = OpenVINOConfig(quantize="nncf", calib_data=images, calib_source="folder", subset_size=3, preset="performance",
+    cfg = OpenVINOConfig(quantize="nncf", calib={"data": images, "source": "folder", "num": 3}, preset="performance",
                          ignored_patterns=[head])
     ir, res = step(OpenVINO(cfg), tmp_path, "nncf", model=art)
     assert "Statistics collection" not in capfd.readouterr().out  # stdout stays clean for `convert run --json`
@@ -143,8 +143,8 @@ def test_nncf_refuses_an_already_quantized_model(qdq, tmp_path):
 def test_nncf_calibration_source_is_checked_at_validation(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValidationError, match="holds no image"):
-        OpenVINOConfig(quantize="nncf", calib_data=tmp_path / "empty")
-    OpenVINOConfig(calib_data=tmp_path / "empty")  # not read without quantize: nncf
+        OpenVINOConfig(quantize="nncf", calib={"data": tmp_path / "empty"})
+    OpenVINOConfig(calib={"data": tmp_path / "empty"})  # not read without quantize: nncf
 
 
 def test_gate(fp32, tmp_path):

@@ -89,7 +89,7 @@ def images(tmp_path):
     ({"typing": "strong", "fp16": True}, "typing: strong takes precisions from the ONNX"),
     ({"typing": "strong", "int8_calibrator": "minmax"}, "typing: strong takes precisions from the ONNX"),
     ({"calib_cache": "c.cache"}, "calib_cache needs int8_calibrator"),
-    ({"calib_cache": "c.cache", "calib_data": "d", "int8_calibrator": "minmax"}, "either calib_data"),
+    ({"calib_cache": "c.cache", "calib": {"data": "d"}, "int8_calibrator": "minmax"}, "either calib.data"),
 ])
 def test_config_rejects_inconsistent_parameters(params, message):
     with pytest.raises(ValidationError, match=message):
@@ -97,8 +97,8 @@ def test_config_rejects_inconsistent_parameters(params, message):
 
 
 def test_config_rejects_a_calibration_folder_without_images(tmp_path):
-    with pytest.raises(ValidationError, match="calib_data: .*holds no image"):
-        TensorRTConfig(int8_calibrator="minmax", calib_data=tmp_path)
+    with pytest.raises(ValidationError, match="calib.data: .*holds no image"):
+        TensorRTConfig(int8_calibrator="minmax", calib={"data": tmp_path})
 
 
 def test_capabilities_read_from_the_api_names():
@@ -348,7 +348,7 @@ def test_build_strongly_typed_from_the_fp16_pass(tmp_path, model):
 
 def test_build_implicit_int8_from_images_and_from_the_table(tmp_path, model, images):
     pytest.importorskip("tensorrt", reason=NO_TRT)
-    res, out = build(tmp_path, model, int8_calibrator="minmax", calib_data=images, calib_num=4, calib_batch=2,
+    res, out = build(tmp_path, model, int8_calibrator="minmax", calib={"data": images, "num": 4}, calib_batch=2,
                      batch=(1, 2, 4))
     assert res.meta["precision"] == "int8" and res.summary["calib_images"] == 4
     written = trt_cache.read_cache(out / "calibration.cache")
@@ -376,3 +376,19 @@ def test_build_strongly_typed_int8_from_the_quantize_pass(tmp_path, model, image
     res, _ = build(tmp_path, Artifact("onnx", qdir, q.main, q.meta, digest="q"))
     assert res.summary["strongly_typed"] is True and res.summary["flags"] == ""
     assert res.meta["precision"] == "int8" and res.meta["tensorrt"]["calibrator"] is None
+
+
+def test_old_calibration_keys_fail_validation_naming_their_new_place(tmp_path, cli):
+    tiny_onnx(tmp_path / "tiny.onnx")
+    spec = tmp_path / "old.yaml"
+    spec.write_text("stages:\n"
+                    f"  load: {{with: {{source: onnx, weights: {tmp_path / 'tiny.onnx'}, input_size: [32, 64]}}}}\n"
+                    f"  tensorrt: {{with: {{int8_calibrator: minmax, calib_num: 8}}}}\n")
+    code, out, err = cli("validate", spec)
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert ("stages.tensorrt.with.calib_num: no longer a parameter of pass 'tensorrt': it was replaced by "
+            "calib.num") in line
+    assert "Hint: update the spec" in line
+    spec.write_text(spec.read_text().replace("calib_num: 8", "calib: {num: 8}"))
+    assert cli("validate", spec)[0] == 0
