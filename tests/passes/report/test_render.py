@@ -159,7 +159,7 @@ def test_cli_report_on_a_real_run_and_two_versions(cli, tmp_path):
           load: {with: {arch: yolov5n, nc: 2, input_size: [64, 64]}}
           export_onnx: {}
           evaluate: {inputs: {model: export_onnx}, with: {data: ds}}
-          compare: {inputs: {reference: load, models: [export_onnx]}, with: {images: ds/images}}
+          compare: {inputs: {reference: load, models: [export_onnx]}, with: {data: ds/images}}
           benchmark: {inputs: {models: [export_onnx]}, with: {iterations: "${iters}", rounds: 2, warmup: 1}}
           report: {inputs: {metrics: [evaluate, compare, benchmark]}}
     """))
