@@ -168,6 +168,14 @@ class DataSource(PassConfig):
         return [c.path for c in candidates if c.path is not None]
 
 
+def moved_into(block: str, renames: dict[str, str]) -> dict[str, str]:
+    """:attr:`convert.base.PassConfig.replaced` entries for parameters that became fields of a
+    :class:`DataSource` block of a pass config (old name -> field)."""
+    fields = ", ".join(DataSource.model_fields)
+    return {old: f"{block}.{new}, in the {block} block ({block}: {{{fields}}}, as the calibrate pass takes them)"
+            for old, new in renames.items()}
+
+
 class LabelledSource(DataSource):
     """A :class:`DataSource` whose images carry ground truth: a COCO source its annotations, any other
     YOLO labels (by convention, or under ``labels``)."""

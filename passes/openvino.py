@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from calib.data import DataSource
+from calib.data import DataSource, moved_into
 from convert.base import Input, Pass, PassConfig, PassResult
 from convert.errors import PassError
 
@@ -39,13 +39,9 @@ class NNCFImages(DataSource):
     num: int = Field(300, ge=1, description="number of calibration images (NNCF's subset_size)")
 
 
-_CALIB_BLOCK = "the calib block (calib: {data, source, split, images, num, seed}, as the calibrate pass takes them)"
-
-
 class OpenVINOConfig(PassConfig):
-    replaced: ClassVar[dict[str, str]] = {
-        **{f"calib_{k}": f"calib.{k}, in {_CALIB_BLOCK}" for k in ("data", "source", "split", "images", "seed")},
-        "subset_size": f"calib.num, in {_CALIB_BLOCK}"}
+    replaced: ClassVar[dict[str, str]] = moved_into(
+        "calib", {**{f"calib_{k}": k for k in ("data", "source", "split", "images", "seed")}, "subset_size": "num"})
 
     compress_to_fp16: bool = Field(False, description="store float weights as FP16 (openvino.save_model's "
                                    "compress_to_fp16); the IR's precision is then fp16 unless it is INT8")

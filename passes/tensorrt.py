@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from calib.data import DataSource
+from calib.data import DataSource, moved_into
 from convert.base import Input, InputPath, Pass, PassConfig, PassResult
 from convert.errors import ConvertError, PassError
 
@@ -47,12 +47,9 @@ class CalibImages(DataSource):
     num: int = Field(64, ge=1, description="number of calibration images")
 
 
-_CALIB_BLOCK = "the calib block (calib: {data, source, split, images, num, seed}, as the calibrate pass takes them)"
-
-
 class TensorRTConfig(PassConfig):
-    replaced: ClassVar[dict[str, str]] = {
-        f"calib_{k}": f"calib.{k}, in {_CALIB_BLOCK}" for k in ("data", "source", "split", "images", "num", "seed")}
+    replaced: ClassVar[dict[str, str]] = moved_into(
+        "calib", {f"calib_{k}": k for k in ("data", "source", "split", "images", "num", "seed")})
 
     typing: Literal["auto", "strong", "weak"] = Field(
         "auto", description="strong: types come from the ONNX (FP16 / Q/DQ INT8 models); weak: TensorRT chooses "
