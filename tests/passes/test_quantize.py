@@ -148,7 +148,16 @@ def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
     m = ov.Core().read_model(str(path))
     assert openvino_fold_qdq(m) == 4
-    seven_bit_weights(m)
+    # 7-bit weights only behind activations that can overflow AVX2's int16 pair sums: the network
+    # input, or a u8 zero point of 64 or more; the others keep their 8 bits
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    prod = producers(model)
+    dq = {n.name: prod[n.input[0]] for n in model.graph.node if n.op_type == "Conv"}
+    centred = [c for c, d in dq.items() if d.op_type == "DequantizeLinear" and (
+        int(inits[d.input[2]]) >= 64 or prod[d.input[0]].input[0] == model.graph.input[0].name)]
+    assert "stem/Conv" in centred and len(centred) < 5
+    assert seven_bit_weights(m) == len(centred)
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > OV_SQNR[1]
 
@@ -294,15 +303,21 @@ def test_onnxruntime_target_quantizes_op_outputs_and_fuses_into_qlinear_ops(setu
 def test_onnxruntime_target_runs_close_to_fp32_with_bias_correction(setup):
     _, art, _, xs = setup
     ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
-    runs = {}
+    runs, exact = {}, {}
+    # unfused: the Q/DQ arithmetic as written (fused u8 x s8 kernels of CPUs without VNNI add int16
+    # saturation noise of their own, which no bias correction can know of)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for bc in (False, True):
         res, _, path = quantize(setup, f"ort_run_{bc}", target="onnxruntime", bias_correction=bc)
         runs[bc] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+        exact[bc] = ort.InferenceSession(str(path), plain, providers=["CPUExecutionProvider"]).run(
+            None, {"images": xs})[0]
     assert res.summary["bias_shift_mean"] > 0
     assert sqnr_db(ref, runs[True]) > 20
     # bias correction removes the per-channel mean shift of the output
     shift = lambda got: np.abs((got - ref).mean(axis=(0, 2, 3))).mean()
-    assert shift(runs[True]) < shift(runs[False])
+    assert shift(exact[True]) < shift(exact[False])
 
 
 def test_silu_inputs_are_floored_only_where_silu_alone_reads_them(setup):
