@@ -141,6 +141,19 @@ def test_int8_model_runs_in_onnxruntime_and_openvino_close_to_fp32(setup):
     assert sqnr_db(got, got_ov) > OV_SQNR[1]  # the same quantized model on both runtimes
 
 
+def overflow_prone_convs(path) -> list[str]:
+    """The quantized convolutions whose input can overflow AVX2's int16 pair sums with 8-bit weights.
+
+    Read off the Q/DQ ONNX: the input is the network's, or its u8 zero point is 64 or more.
+    """
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    prod = producers(model)
+    dq = {n.name: prod[n.input[0]] for n in model.graph.node if n.op_type == "Conv"}
+    return [c for c, d in dq.items() if d.op_type == "DequantizeLinear" and (
+        int(inits[d.input[2]]) >= 64 or prod[d.input[0]].input[0] == model.graph.input[0].name)]
+
+
 def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
     ov = pytest.importorskip("openvino")
     _, _, _, xs = setup
@@ -148,14 +161,7 @@ def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):
     ref = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
     m = ov.Core().read_model(str(path))
     assert openvino_fold_qdq(m) == 4
-    # 7-bit weights only behind activations that can overflow AVX2's int16 pair sums: the network
-    # input, or a u8 zero point of 64 or more; the others keep their 8 bits
-    model = onnx.load(str(path))
-    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    prod = producers(model)
-    dq = {n.name: prod[n.input[0]] for n in model.graph.node if n.op_type == "Conv"}
-    centred = [c for c, d in dq.items() if d.op_type == "DequantizeLinear" and (
-        int(inits[d.input[2]]) >= 64 or prod[d.input[0]].input[0] == model.graph.input[0].name)]
+    centred = overflow_prone_convs(path)
     assert "stem/Conv" in centred and len(centred) < 5
     assert seven_bit_weights(m) == len(centred)
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -354,3 +360,22 @@ def test_target_settings_are_validated_and_the_default_keeps_old_keys(setup, tmp
     with pytest.raises(PassError, match="target onnxruntime quantizes the outputs.*drop op_types"):
         Quantize(QuantizeConfig(target="onnxruntime")).run({"model": art, "table": table}, tmp_path / "o",
                                                            RunContext("quantize", False))
+
+
+def test_openvino_target_is_tensorrt_placement_with_uint8_activations_and_8_bit_weights(setup):
+    ov = pytest.importorskip("openvino")
+    assert QuantizeConfig(target="openvino").activation_type == "uint8"
+    assert QuantizeConfig(target="openvino", activation_type="int8").activation_type == "int8"
+    _, art, _, xs = setup
+    _, model, path = quantize(setup, "ov_target", target="openvino")
+    _, trt_model, _ = quantize(setup, "ov_target_trt", activation_type="uint8")
+    ops = lambda m: [(n.op_type, n.name) for n in m.graph.node]
+    assert ops(model) == ops(trt_model)  # the placement TensorRT's is
+    ref = ort.InferenceSession(str(art.file), providers=["CPUExecutionProvider"]).run(None, {"images": xs})[0]
+    m = ov.Core().read_model(str(path))
+    openvino_fold_qdq(m)
+    # 7-bit weights only behind activations that can overflow AVX2's int16 pair sums (the image, centred
+    # u8): the others keep their 8 bits
+    assert seven_bit_weights(m) == len(overflow_prone_convs(path)) < 5
+    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > OV_SQNR[0]
