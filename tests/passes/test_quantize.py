@@ -379,3 +379,18 @@ def test_openvino_target_is_tensorrt_placement_with_uint8_activations_and_8_bit_
     assert seven_bit_weights(m) == len(overflow_prone_convs(path)) < 5
     compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert sqnr_db(ref, compiled({"images": xs})[compiled.outputs[0]]) > OV_SQNR[0]
+
+
+def test_onnxruntime_target_gives_7_bit_weights_only_where_int16_pair_sums_can_overflow(setup):
+    from calib.qdq import seven_bit_weights as onnx_seven_bit
+
+    _, model, path = quantize(setup, "ort_7bit", target="onnxruntime")
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    prod = producers(model)
+    weights = {n.name: inits[prod[n.input[1]].input[0]] for n in model.graph.node
+               if n.op_type == "Conv" and prod.get(n.input[1]) is not None
+               and prod[n.input[1]].op_type == "DequantizeLinear"}
+    seven = {c for c, w in weights.items() if w.min() >= -64 and w.max() <= 63}
+    assert seven == set(overflow_prone_convs(path)) and "stem/Conv" in seven
+    assert any(np.abs(w).max() == 127 for c, w in weights.items() if c not in seven)  # the others keep 8 bits
+    assert onnx_seven_bit(model) == []  # done once: nothing left to requantize
