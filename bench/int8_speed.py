@@ -6,10 +6,10 @@
 Builds, through the pipeline manager (cached in ``--store``), the figures of issue 14's "Done when":
 
 * FP32 network body (load -> truncate_head -> export_onnx -> simplify), a MinMax table on ``--num``
-  images (seed ``--seed``) and two INT8 Q/DQ bodies with the settings of pipelines/yolov5n_int8.yaml:
-  ``target: tensorrt`` (today's placement) and ``target: onnxruntime`` (the placement ONNX Runtime
-  fuses into QLinearConv etc.);
-* OpenVINO IRs (the openvino pass) of the FP32 body and of both Q/DQ bodies, and NNCF's INT8 IR
+  images (seed ``--seed``) and three INT8 Q/DQ bodies with the settings of pipelines/yolov5n_int8.yaml:
+  ``target: tensorrt`` (int8 activations), ``target: onnxruntime`` (the placement ONNX Runtime
+  fuses into QLinearConv etc.) and ``target: openvino`` (TensorRT's placement, uint8 activations);
+* OpenVINO IRs (the openvino pass) of the FP32 body and of every Q/DQ body, and NNCF's INT8 IR
   (mixed preset, as the YOLOv5 repository's export) calibrated on the same images;
 * end-to-end FP32 models (postprocess pass, K = ``--k``, score 0.25) without a pre-NMS top-k and with
   a pre-NMS top-k of 1000.
@@ -48,7 +48,7 @@ from convert.runtime import OpenVINORunner, OrtRunner, infer  # noqa: E402
 
 PRE_TOP_K = 1000  # at score 0.25 at most 246 yolov5n candidates pass on coco128: no detection changes
 QUANTIZE = "keep_head_float: true, keep_float_sensitive: 1, bias_correction: true"
-TARGETS = {"tensorrt": "activation_type: int8", "onnxruntime": "target: onnxruntime"}
+TARGETS = {"tensorrt": "activation_type: int8", "onnxruntime": "target: onnxruntime", "openvino": "target: openvino"}
 
 
 def spec_text(args, seeds: list[int]) -> str:
@@ -123,10 +123,8 @@ def main() -> int:
     arts = build(spec_text(args, seeds), args.store, "int8_speed_bench")
     s0 = args.seed
     models = {"FP32": {"onnxruntime": arts["simplify"], "openvino": arts["ov_fp32"]},
-              "INT8 target tensorrt": {"onnxruntime": arts[f"q_tensorrt_s{s0}"],
-                                       "openvino": arts[f"ov_tensorrt_s{s0}"]},
-              "INT8 target onnxruntime": {"onnxruntime": arts[f"q_onnxruntime_s{s0}"],
-                                          "openvino": arts[f"ov_onnxruntime_s{s0}"]},
+              **{f"INT8 target {t}": {"onnxruntime": arts[f"q_{t}_s{s0}"], "openvino": arts[f"ov_{t}_s{s0}"]}
+                 for t in TARGETS},
               "NNCF INT8 (mixed)": {"openvino": arts["nncf"]}}
     meta = arts["simplify"].meta
     images = list_images(args.data)
@@ -167,8 +165,11 @@ def main() -> int:
                                           pp.NMSSettings(0.25, 0.45, args.k, pre_top_k=top))
                     agree[m] += pp.match(host.image(0), pp.Detections.from_outputs(infer(r, x)).image(0)).same
 
+    import openvino as ov
+
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")
     print(f"\nyolov5n 640x640, batch 1, {args.threads} threads, {args.rounds} interleaved rounds; OpenVINO inference "
-          f"precision hint f32 (this CPU's OpenVINO default would be bf16); load average before "
+          f"precision hint f32 (this CPU's OpenVINO default: {default}); load average before "
           f"{load0[0]:.2f} / after {load1[0]:.2f}; calibration MinMax, {args.num} images of {args.data}, seed {s0}")
     print(f"{'model':<26}{'ORT ms':>8}{'cpu':>7}{'x FP32':>8}{'mAP':>8}{'drop':>7}"
           f"{'OV ms':>9}{'cpu':>7}{'x FP32':>8}{'x NNCF':>8}{'mAP':>8}{'drop':>7}")

@@ -74,7 +74,7 @@ class OpenVINO(Pass):
     """Convert ONNX to an OpenVINO IR (FP32, FP16 weights, INT8 from Q/DQ or NNCF), checked against ONNX Runtime."""
 
     name = "openvino"
-    version = 2
+    version = 3  # 3: 7-bit weights only where activations can overflow them (convert.ovutil.seven_bit_weights)
     Config = OpenVINOConfig
     inputs = {"model": Input(("onnx",), doc="the ONNX model (FP32, FP16, or INT8 with Q/DQ nodes)")}
     output = "openvino"

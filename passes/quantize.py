@@ -1,8 +1,8 @@
 """``quantize``: a float ONNX body and its calibration table to an explicitly quantized (Q/DQ) ONNX.
 
 One Q/DQ ONNX, calibrated once, runs on ONNX Runtime, OpenVINO and TensorRT. The placement
-(``target``: TensorRT's, Q/DQ on the inputs of the weighted ops, or ONNX Runtime's, Q/DQ around
-every op it fuses), the float fallbacks (by name, type, head,
+(``target``: TensorRT's, Q/DQ on the inputs of the weighted ops; ONNX Runtime's, Q/DQ around
+every op it fuses; OpenVINO's, TensorRT's with uint8 activations), the float fallbacks (by name, type, head,
 measured sensitivity) and bias correction are :mod:`calib.qdq`'s; the table is read by
 :mod:`calib.table`. Post-processing is never quantized: quantize the truncated network body and
 attach decoding and NMS afterwards (the postprocess pass).
@@ -23,7 +23,7 @@ class Quantize(Pass):
     """Write an explicitly quantized (Q/DQ) INT8 ONNX from a float ONNX body and its calibration table."""
 
     name = "quantize"
-    version = 1
+    version = 2  # 2: target onnxruntime gets 7-bit weights where AVX2 could overflow them (calib.qdq.seven_bit_weights)
     Config = QuantizeConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body that was calibrated"),
               "table": Input(("calib_table",), doc="its calibration table (calibrate pass)")}
