@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from coco import coco_file
 from PIL import Image
 
 from calib.data import (
@@ -267,19 +268,6 @@ def test_list_entries_naming_a_fifo_or_a_device_are_refused_without_reading_them
     assert len(reasons) == 3 and all("not a regular file" in r for r in reasons.values()), reasons
 
 
-def _coco(tmp_path, n=3):
-    """A COCO file of n labelled images in tmp_path/imgs, and its path."""
-    for i in range(n):
-        write_image(tmp_path / "imgs" / f"{i}.jpg", seed=i)
-    ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({
-        "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 40, "height": 30} for i in range(n)],
-        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
-                         "iscrowd": 0} for i in range(n)],
-        "categories": [{"id": 1, "name": "square"}]}))
-    return ann
-
-
 def test_a_folder_is_listed_afresh_and_draws_are_seeded(tmp_path):
     for i in range(5):
         write_image(tmp_path / "imgs" / f"{i}.jpg", seed=i)
@@ -319,7 +307,7 @@ def test_labelled_source_reads_yolo_labels_by_convention_or_from_a_labels_folder
 
 
 def test_labelled_coco_source_keeps_the_files_order_and_checks_keypoints(tmp_path):
-    ann = _coco(tmp_path, n=4)
+    ann = coco_file(tmp_path, n=4)
     src = LabelledSource(data=ann, images=tmp_path / "imgs")
     paths = [tmp_path / "imgs" / "3.jpg", tmp_path / "imgs" / "1.jpg"]
     ds = src.dataset(paths, ["square"], 0)

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import onnx
 import pytest
+from coco import coco_file
 from onnx import helper, numpy_helper
 from PIL import Image
 from pydantic import ValidationError
@@ -236,21 +237,6 @@ def test_evaluation_without_usable_labels_fails_instead_of_scoring_zero(tmp_path
     with pytest.raises(ConvertError, match=match) as e:
         run(tmp_path, "ev", EvaluateConfig(data=data), model=model)
     assert "\n" not in str(e.value)
-
-
-def coco_file(tmp_path, n=3):
-    """A COCO file of n labelled images in tmp_path/imgs."""
-
-    (tmp_path / "imgs").mkdir()
-    for i in range(n):
-        Image.fromarray(np.full((30, 40, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.jpg")
-    ann = tmp_path / "ann.json"
-    ann.write_text(json.dumps({
-        "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 40, "height": 30} for i in range(n)],
-        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [1, 1, 10, 10], "area": 100,
-                         "iscrowd": 0} for i in range(n)],
-        "categories": [{"id": 1, "name": "square"}]}))
-    return ann
 
 
 def test_a_described_source_is_resolved_and_parsed_once_per_process(tmp_path, monkeypatch):
