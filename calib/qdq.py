@@ -526,10 +526,6 @@ def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str]
         log.setLevel(level)
 
 
-CENTRED_ZERO_POINT = 64
-"""u8 zero point from which a convolution's activations count as centred (see :func:`seven_bit_weights`)."""
-
-
 def seven_bit_weights(qmodel) -> list[str]:
     """Requantizes to 7 bits (``[-64, 63]``, scale doubled) the convolution weights ONNX Runtime could overflow.
 
@@ -537,7 +533,7 @@ def seven_bit_weights(qmodel) -> list[str]:
     saturating int16 on x86 CPUs without VNNI (AVX2's ``vpmaddubsw``), as OpenVINO's do (see
     :func:`convert.ovutil.seven_bit_weights`, the same rule on an IR): ``2 * 255 * 127`` overflows,
     ``2 * 255 * 63`` does not. It bites where activations often sit high in u8: the network input
-    (an image) and inputs whose zero point is :data:`CENTRED_ZERO_POINT` or more. Those
+    (an image) and inputs whose zero point is ``convert.ovutil.CENTRED_ZERO_POINT`` or more. Those
     convolutions get 7-bit weights (ONNX Runtime's ``reduce_range``, for the few layers that need
     it); behind SiLU outputs, whose zero point is small, weights keep 8 bits. Measured on yolov5n /
     coco128 on an AVX2 CPU: mAP50-95 drop 3.7 points with 8-bit weights everywhere.
@@ -550,6 +546,8 @@ def seven_bit_weights(qmodel) -> list[str]:
     """
     import numpy as np
     from onnx import numpy_helper
+
+    from convert.ovutil import CENTRED_ZERO_POINT  # one threshold for both runtimes
 
     inits = {i.name: i for i in qmodel.graph.initializer}
     producer = {o: n for n in qmodel.graph.node for o in n.output}

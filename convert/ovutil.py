@@ -148,8 +148,10 @@ def seven_bit_weights(model) -> int:
     return done
 
 
-# u8 zero point from which a convolution's activations count as centred (see seven_bit_weights)
-_CENTRED_ZERO_POINT = 64
+CENTRED_ZERO_POINT = 64
+"""u8 zero point from which a convolution's activations count as centred (see :func:`seven_bit_weights`).
+
+The same rule writes 7-bit weights into the onnxruntime target's ONNX (``calib.qdq.seven_bit_weights``)."""
 
 
 def _may_overflow(weights_tail) -> bool:
@@ -178,4 +180,4 @@ def _may_overflow(weights_tail) -> bool:
     low, high = float(np.min(levels[0].get_data())), float(np.max(levels[1].get_data()))
     if not high > low:
         return True
-    return -low / (high - low) * 255 >= _CENTRED_ZERO_POINT
+    return -low / (high - low) * 255 >= CENTRED_ZERO_POINT

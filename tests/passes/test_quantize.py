@@ -15,7 +15,7 @@ from calib.data import CalibrationSet, batches, resolve_source
 from calib.qdq import activation_sensitivity, head_nodes
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
-from convert.ovutil import openvino_fold_qdq, seven_bit_weights
+from convert.ovutil import CENTRED_ZERO_POINT, openvino_fold_qdq, seven_bit_weights
 from passes.calibrate import Calibrate, CalibrateConfig
 from passes.quantize import Quantize, QuantizeConfig
 
@@ -151,7 +151,7 @@ def overflow_prone_convs(path) -> list[str]:
     prod = producers(model)
     dq = {n.name: prod[n.input[0]] for n in model.graph.node if n.op_type == "Conv"}
     return [c for c, d in dq.items() if d.op_type == "DequantizeLinear" and (
-        int(inits[d.input[2]]) >= 64 or prod[d.input[0]].input[0] == model.graph.input[0].name)]
+        int(inits[d.input[2]]) >= CENTRED_ZERO_POINT or prod[d.input[0]].input[0] == model.graph.input[0].name)]
 
 
 def test_openvino_fold_keeps_values_of_asymmetric_pairs(setup):

@@ -145,14 +145,20 @@ def test_end2end_onnx_on_ort_and_openvino_equals_mmyolo_predict(tmp_path, config
     assert total >= 5
 
 
-@needs_mmyolo
-def test_mmyolo_yolov5_checkpoint_gives_the_same_raw_maps_with_and_without_mmyolo(tmp_path):
-    m, _ = architecture("mmyolo").load(ModelRequest(arch=YOLOV5, seed=1))
+def perturbed_checkpoint(arch: str, seed: int, path):
+    """An mmyolo model built by mmyolo with weights moved off their init (so a wrong mapping shows), saved
+    as an mmyolo checkpoint at path; returns (model, path)."""
+    m, _ = architecture("mmyolo").load(ModelRequest(arch=arch, seed=seed))
     with torch.no_grad():
         for p in m.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    weights = tmp_path / "yolov5n_mmyolo.pth"
-    torch.save({"state_dict": m.detector.state_dict()}, weights)
+    torch.save({"state_dict": m.detector.state_dict()}, path)
+    return m, path
+
+
+@needs_mmyolo
+def test_mmyolo_yolov5_checkpoint_gives_the_same_raw_maps_with_and_without_mmyolo(tmp_path):
+    m, weights = perturbed_checkpoint(YOLOV5, 1, tmp_path / "yolov5n_mmyolo.pth")
     with_mmyolo, _ = architecture("mmyolo").load(ModelRequest(arch=YOLOV5, weights=weights))
     without, _ = architecture("yolov5").load(ModelRequest(arch="yolov5n", weights=weights))
     x = torch.rand(1, 3, 256, 320)
@@ -167,12 +173,7 @@ def test_mmyolo_yolov5_checkpoint_gives_the_same_raw_maps_with_and_without_mmyol
 @needs_mmyolo
 def test_mmyolo_yolov8_checkpoint_loads_into_the_own_ultralytics_builder(tmp_path):
     cfg = "yolov8_n_syncbn_fast_8xb16-500e_coco"
-    m, _ = architecture("mmyolo").load(ModelRequest(arch=cfg, seed=2))
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    weights = tmp_path / "yolov8n_mmyolo.pth"
-    torch.save({"state_dict": m.detector.state_dict()}, weights)
+    m, weights = perturbed_checkpoint(cfg, 2, tmp_path / "yolov8n_mmyolo.pth")
     without, _ = architecture("ultralytics").load(ModelRequest(arch="yolov8n", weights=weights))
     x = torch.rand(1, 3, 256, 256)
     with torch.no_grad():
