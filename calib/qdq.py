@@ -27,7 +27,8 @@ activations it fuses nothing). ORT then runs QLinearConv, QLinearSigmoid, QLinea
 QLinearAdd, QLinearConcat in NHWC, where the TensorRT layout leaves it DequantizeLinear + float
 Conv, slower than FP32. A convolution's output is then quantized before its SiLU, so the lower
 bound of such a tensor's range is raised to :data:`SILU_INPUT_FLOOR` (measured on yolov5n /
-coco128: mAP50-95 drop 1.4 points without it, 0.3 with it). Kept-float nodes, sensitivity and
+coco128: mAP50-95 drop 1.4 points without it, 0.3 with it). The convolutions reading the network
+input stay float (:func:`input_nodes`: faster there than ORT's INT8 kernel). Kept-float nodes, sensitivity and
 bias correction work as for TensorRT; name exclusions also keep non-weighted nodes float.
 
 ``target: openvino`` is TensorRT's placement with uint8 activations by default. OpenVINO fuses it
@@ -183,6 +184,11 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
         raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
                         f"has none (method {method}).",
                         hint=f"set {where}.bias_correction: false and keep_float_sensitive: 0 for an imported table.")
+    if c.target == "onnxruntime":
+        plan = plan.keep_float(input_nodes(model, plan.quantized))
+        if not plan.quantized:
+            raise PassError("target onnxruntime keeps the convolutions reading the network input in float, and "
+                            "the model has no other node to quantize.", hint=f"use another {where}.target.")
     sensitive: dict[str, float] = {}
     if c.keep_float_sensitive:
         probe = list(itertools.islice(batches(), c.sensitivity_samples))
@@ -280,6 +286,17 @@ def head_nodes(model, op_types) -> list[str]:
         else:
             stack.extend(node.input)
     return sorted(found)
+
+
+def input_nodes(model, nodes: list[str]) -> set[str]:
+    """The nodes among ``nodes`` that read a graph input (the stem convolution, reading the image).
+
+    Target ``onnxruntime`` keeps them float: ONNX Runtime's QLinearConv over a 3-channel input is
+    slower than its float convolution (yolov5n's 6x6 stride-2 stem on an AVX2 CPU: 7.0 ms
+    against 4.1 ms with 2 threads, 14.0 against 7.3 ms with one), and a u8 image would need
+    7-bit weights there (:func:`seven_bit_weights`).
+    """
+    return consumers_of(model, nodes, {i.name for i in model.graph.input})
 
 
 def consumers_of(model, nodes: list[str], tensors: set[str]) -> set[str]:

@@ -23,7 +23,9 @@ class Quantize(Pass):
     """Write an explicitly quantized (Q/DQ) INT8 ONNX from a float ONNX body and its calibration table."""
 
     name = "quantize"
-    version = 2  # 2: target onnxruntime gets 7-bit weights where AVX2 could overflow them (calib.qdq.seven_bit_weights)
+    # 2: target onnxruntime gets 7-bit weights where AVX2 could overflow them (calib.qdq.seven_bit_weights);
+    # 3: target onnxruntime keeps the convolutions reading the network input float (calib.qdq.input_nodes)
+    version = 3
     Config = QuantizeConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body that was calibrated"),
               "table": Input(("calib_table",), doc="its calibration table (calibrate pass)")}

@@ -83,7 +83,9 @@ def producers(model):
 def conv_inputs(model, conv):
     node = next(n for n in model.graph.node if n.name == conv)
     prod = producers(model)
-    return [prod.get(t).op_type if t in prod else "initializer" for t in node.input]
+    graph_inputs = {i.name for i in model.graph.input}
+    return [prod[t].op_type if t in prod else "graph input" if t in graph_inputs else "initializer"
+            for t in node.input]
 
 
 def sqnr_db(ref, got):
@@ -149,8 +151,8 @@ def overflow_prone_convs(path) -> list[str]:
     model = onnx.load(str(path))
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     prod = producers(model)
-    dq = {n.name: prod[n.input[0]] for n in model.graph.node if n.op_type == "Conv"}
-    return [c for c, d in dq.items() if d.op_type == "DequantizeLinear" and (
+    dq = {n.name: prod.get(n.input[0]) for n in model.graph.node if n.op_type == "Conv"}
+    return [c for c, d in dq.items() if d is not None and d.op_type == "DequantizeLinear" and (
         int(inits[d.input[2]]) >= CENTRED_ZERO_POINT or prod[d.input[0]].input[0] == model.graph.input[0].name)]
 
 
@@ -293,12 +295,14 @@ def test_onnxruntime_target_quantizes_op_outputs_and_fuses_into_qlinear_ops(setu
     # The float head reads the float concat; the concat's Q/DQ pair, read by nothing else, is gone.
     assert conv_inputs(model, "head/Conv") == ["Concat", "initializer", "initializer"]
     assert [n.op_type for n in readers("cat")] == ["Conv"]
+    # The stem reads the float image (ORT's float convolution beats QLinearConv on 3 channels).
+    assert conv_inputs(model, "stem/Conv") == ["graph input", "initializer", "initializer"]
     q = res.meta["quantization"]
-    assert q["activations"] == "uint8" and q["float_nodes"] == ["head/Conv"]
+    assert q["activations"] == "uint8" and q["float_nodes"] == ["head/Conv", "stem/Conv"]
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     assert all(inits[n.input[2]].dtype == np.uint8 for n in model.graph.node if n.op_type == "QuantizeLinear")
     ops = ort_fused_ops(path, tmp_path)
-    assert ops.count("QLinearConv") == 4 and "QLinearSigmoid" in ops and "QLinearMul" in ops and "QLinearAdd" in ops
+    assert ops.count("QLinearConv") == 3 and "QLinearSigmoid" in ops and "QLinearMul" in ops and "QLinearAdd" in ops
     assert "Sigmoid" not in ops  # every SiLU runs in INT8
     # the TensorRT placement leaves ONNX Runtime nothing to fuse
     _, _, trt_path = quantize(setup, "trt_fuse")
@@ -391,6 +395,10 @@ def test_onnxruntime_target_gives_7_bit_weights_only_where_int16_pair_sums_can_o
                if n.op_type == "Conv" and prod.get(n.input[1]) is not None
                and prod[n.input[1]].op_type == "DequantizeLinear"}
     seven = {c for c, w in weights.items() if w.min() >= -64 and w.max() <= 63}
-    assert seven == set(overflow_prone_convs(path)) and "stem/Conv" in seven
+    assert seven == set(overflow_prone_convs(path)) and "stem/Conv" not in weights  # the stem stays float
     assert any(np.abs(w).max() == 127 for c, w in weights.items() if c not in seven)  # the others keep 8 bits
     assert onnx_seven_bit(model) == []  # done once: nothing left to requantize
+    # On a quantized stem (TensorRT's placement, uint8), the rule picks exactly the overflow-prone convolutions.
+    _, trt_model, trt_path = quantize(setup, "trt_7bit", activation_type="uint8")
+    assert set(onnx_seven_bit(trt_model)) == set(overflow_prone_convs(trt_path)) and "stem/Conv" in set(
+        overflow_prone_convs(trt_path))
