@@ -66,6 +66,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
+from calib.measure import activation_sensitivity, correct_biases, qdq_source
 from convert.base import PassConfig
 from convert.errors import PassError
 
@@ -305,71 +306,6 @@ def consumers_of(model, nodes: list[str], tensors: set[str]) -> set[str]:
     return {n.name for n in model.graph.node if n.name in wanted and tensors.intersection(n.input)}
 
 
-def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batches: list, activation_type: str,
-                           ctx=None) -> dict[str, float]:
-    """How much quantizing each activation tensor alone changes the model's outputs.
-
-    For each tensor, a Q/DQ pair with its calibrated range is inserted in the float model and
-    the outputs are compared with the float model's over the batches: the error is the summed
-    squared difference of every output relative to the outputs' summed square. Weights stay
-    float: at 8 bits per channel their error is small next to that of per-tensor activations.
-
-    Args:
-        model: The float model (``onnx.ModelProto``).
-        ranges: Tensor -> calibrated (min, max), for the tensors to probe.
-        batches: Input batches.
-        activation_type: ``int8`` (symmetric) or ``uint8`` (asymmetric), as the pass quantizes.
-        ctx: Run context, for a progress bar.
-
-    Returns:
-        Tensor -> relative squared error of the outputs.
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from convert.onnxutil import ort_session
-
-    reference = ort_session(model.SerializeToString())
-    input_name = reference.get_inputs()[0].name
-    expected = [reference.run(None, {input_name: x}) for x in batches]
-    energy = sum(float(np.sum(np.square(o, dtype=np.float64))) for outs in expected for o in outs)
-    errors = {}
-    for tensor in (ctx.bar(list(ranges), desc="sensitivity") if ctx else ranges):
-        scale, zero_point = _qparams(*ranges[tensor], activation_type)
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        for node in probe.graph.node:
-            for i, name in enumerate(node.input):
-                if name == tensor:
-                    node.input[i] = f"{tensor}_probe_dq"
-        probe.graph.initializer.extend([numpy_helper.from_array(scale, "probe_scale"),
-                                        numpy_helper.from_array(zero_point, "probe_zero_point")])
-        probe.graph.node.extend([
-            helper.make_node("QuantizeLinear", [tensor, "probe_scale", "probe_zero_point"], [f"{tensor}_probe_q"]),
-            helper.make_node("DequantizeLinear", [f"{tensor}_probe_q", "probe_scale", "probe_zero_point"],
-                             [f"{tensor}_probe_dq"])])
-        session = ort_session(probe.SerializeToString())
-        diff = 0.0
-        for x, outs in zip(batches, expected):
-            for got, ref in zip(session.run(None, {input_name: x}), outs):
-                diff += float(np.sum(np.square(got.astype(np.float64) - ref)))
-        errors[tensor] = diff / max(energy, 1e-30)
-    return errors
-
-
-def _qparams(lo: float, hi: float, activation_type: str):
-    """Scale and zero point of a range, as ONNX Runtime's quantizer computes them."""
-    import numpy as np
-
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if activation_type == "int8":
-        amax = max(-lo, hi)
-        return np.array(amax / 127 if amax else 1.0, np.float32), np.array(0, np.int8)
-    scale = (hi - lo) / 255 if hi > lo else 1.0
-    return np.array(scale, np.float32), np.array(int(np.clip(round(-lo / scale), 0, 255)), np.uint8)
-
-
 def activation_inputs(model, node_names: list[str]) -> list[str]:
     """The non-constant float inputs of the named nodes (what gets an activation Q/DQ)."""
     constants = {i.name for i in model.graph.initializer}
@@ -476,16 +412,9 @@ def restore_float_inputs(qmodel, nodes: list[str]) -> None:
         if node.name not in wanted:
             continue
         for i, name in enumerate(node.input):
-            q = _qdq_source(producer, name)
+            q = qdq_source(producer, name)
             if q is not None:
                 node.input[i] = q.input[0]
-
-
-def _qdq_source(producer: dict, tensor: str):
-    """The QuantizeLinear node of a Q -> DQ pair whose DQ output is ``tensor``, else None."""
-    dq = producer.get(tensor)
-    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    return q if q is not None and q.op_type == "QuantizeLinear" else None
 
 
 def quantize_qdq(model, ranges: dict[str, tuple[float, float]], nodes: list[str], activation_type: str,
@@ -593,87 +522,3 @@ def seven_bit_weights(qmodel) -> list[str]:
         inits[w.input[1]].CopyFrom(numpy_helper.from_array((scale * 2).astype(scale.dtype), w.input[1]))
         done.append(node.name)
     return done
-
-
-def correct_biases(float_model, qmodel, batches, ctx=None) -> dict[str, float]:
-    """Empirical bias correction of the quantized convolutions of a Q/DQ model, in place.
-
-    Quantizing a convolution's weights and input shifts the mean of its output per channel
-    (rounding and clipping are not zero-mean on real data), and the shift travels down the
-    network. For every quantized convolution this measures, on the calibration images and
-    inside the quantized model, the mean output per channel against the same convolution in
-    float (float weights, the input before its Q/DQ) and subtracts the difference from the
-    bias. Each convolution is corrected for the shift it adds itself, given the inputs it
-    really receives, so corrections do not count an upstream shift twice (correcting every
-    layer against the float model's means instead overshoots and diverges). Convolutions
-    without a bias are left as they are.
-
-    Args:
-        float_model: The float model the Q/DQ model was made from (``onnx.ModelProto``).
-        qmodel: The Q/DQ model with float biases; its bias initializers are updated.
-        batches: Input batches (float32 arrays) of the calibration images.
-        ctx: Run context, for a progress bar.
-
-    Returns:
-        Convolution name -> mean absolute correction applied.
-    """
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    from convert.onnxutil import ort_session
-
-    float_weights = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "Conv"}
-    float_inits = {i.name: i for i in float_model.graph.initializer}
-    inits = {i.name: i for i in qmodel.graph.initializer}
-    producer = {o: n for n in qmodel.graph.node for o in n.output}
-    opset = next((o.version for o in qmodel.opset_import if o.domain in ("", "ai.onnx")), 13)
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(qmodel)
-    del probe.graph.output[:]
-    added = {i.name for i in probe.graph.initializer}
-    targets = []
-    if opset >= 18:
-        probe.graph.initializer.append(numpy_helper.from_array(np.array([0, 2, 3], np.int64), "bias_correction_axes"))
-
-    def channel_mean(tensor):
-        out = f"{tensor}_bias_correction_mean"
-        if opset >= 18:
-            node = helper.make_node("ReduceMean", [tensor, "bias_correction_axes"], [out], keepdims=0)
-        else:
-            node = helper.make_node("ReduceMean", [tensor], [out], keepdims=0, axes=[0, 2, 3])
-        probe.graph.node.append(node)
-        probe.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, None))
-
-    for node in qmodel.graph.node:
-        q = _qdq_source(producer, node.input[0]) if node.op_type == "Conv" else None
-        if q is None or len(node.input) < 3 or node.input[2] not in inits or node.name not in float_weights:
-            continue
-        weight = float_weights[node.name]
-        if weight not in added:
-            probe.graph.initializer.append(float_inits[weight])
-            added.add(weight)
-        reference = f"{node.output[0]}_bias_correction_float"
-        probe.graph.node.append(helper.make_node("Conv", [q.input[0], weight, node.input[2]], [reference],
-                                                 name=f"{node.name}_bias_correction_float",
-                                                 **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
-        channel_mean(node.output[0])
-        channel_mean(reference)
-        targets.append(node)
-    if not targets:
-        return {}
-    session = ort_session(probe.SerializeToString())
-    input_name = session.get_inputs()[0].name
-    sums, count = None, 0
-    for x in (ctx.bar(batches, desc="bias correction") if ctx else batches):
-        means = session.run(None, {input_name: x})
-        sums = [m * len(x) for m in means] if sums is None else [s + m * len(x) for s, m in zip(sums, means)]
-        count += len(x)
-    corrected = {}
-    for i, node in enumerate(targets):
-        shift = (sums[2 * i] - sums[2 * i + 1]) / count
-        bias = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
-        inits[node.input[2]].CopyFrom(numpy_helper.from_array((bias - shift).astype(np.float32), node.input[2]))
-        corrected[node.name] = float(np.abs(shift).mean())
-    return corrected

@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from calib.data import CalibrationSet, batches, resolve_source
-from calib.qdq import activation_sensitivity, head_nodes
+from calib.measure import activation_sensitivity
+from calib.qdq import head_nodes
 from convert.base import Artifact, RunContext
 from convert.errors import PassError
 from convert.ovutil import CENTRED_ZERO_POINT, openvino_fold_qdq, seven_bit_weights
