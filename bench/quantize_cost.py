@@ -13,7 +13,7 @@ Each repetition runs ``quantize_model`` in this process and prints its wall time
 inside it, the sensitive tensors chosen and the mean bias shift. The first repetition is cold (ONNX
 Runtime's and NumPy's first use included, not the imports). ``--out`` writes the last repetition's
 figures: every probed tensor's sensitivity, every corrected convolution's bias, the timings' medians.
-``--compare`` prints how two such files differ (same ranking? largest bias difference?).
+``--save`` writes the Q/DQ model. ``--compare`` prints how two such files differ (same ranking? largest bias difference?).
 
 The script puts its own checkout first on ``sys.path``, so a copy in another checkout measures that code.
 """
@@ -89,6 +89,8 @@ def run(args) -> dict:
     print("median:", " ".join(f"{k}={v:.2f}" for k, v in out["median"].items()))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
+    if args.save:
+        onnx.save(q.model, args.save)
     return out
 
 
@@ -126,6 +128,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="a quantize setting, key=value")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out")
+    ap.add_argument("--save", help="write the last repetition's Q/DQ model here")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"))
     args = ap.parse_args()
     if args.compare:

@@ -94,16 +94,22 @@ class AbsHistogram:
     size: int = 0
 
     def update(self, x: np.ndarray) -> None:
+        # As few passes over the tensor as the histogram needs (calibration reads every tensor of
+        # every image): min and max (a NaN or infinity among the values shows in them), |x| scaled
+        # to bin indices in place, one bincount.
         a = np.asarray(x, dtype=np.float32).ravel()
-        if not np.isfinite(a).all():
-            a = a[np.isfinite(a)]
         if a.size == 0:
             return
+        lo, hi = float(a.min()), float(a.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                return
+            lo, hi = float(a.min()), float(a.max())
         self.size += a.size
-        self.lo = min(self.lo, float(a.min()))
-        self.hi = max(self.hi, float(a.max()))
-        a = np.abs(a)
-        amax = float(a.max())
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
+        amax = max(-lo, hi)
         if amax == 0.0:
             if self.counts is None:
                 self.pending_zeros += a.size
@@ -124,7 +130,11 @@ class AbsHistogram:
                 needed = int(amax / self.width) + 1
             if needed > len(self.counts):
                 self.counts = np.pad(self.counts, (0, needed - len(self.counts)))
-        idx = np.minimum((a * np.float32(1.0 / self.width)).astype(np.int64), len(self.counts) - 1)
+        scaled = np.abs(a)
+        scaled *= np.float32(1.0 / self.width)
+        idx = scaled.astype(np.intp)
+        if int(np.float32(amax) * np.float32(1.0 / self.width)) >= len(self.counts):  # the largest, rounded up
+            np.minimum(idx, len(self.counts) - 1, out=idx)
         self.counts += np.bincount(idx, minlength=len(self.counts))
 
     @property

@@ -24,6 +24,7 @@ more work than the answer needs (yolov5n, 49 probed tensors, 8 images: 30 s to a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import numpy as np
@@ -130,10 +131,14 @@ def _groups(masks: list[np.ndarray], costs: np.ndarray, samples: int) -> list[li
 
 
 class _Probe:
-    """One group's sub-graph: the nodes downstream of its tensors, from the float tensors at its cut,
-    each tensor behind a Q/DQ pair whose gate input ``probe_which`` opens one at a time."""
+    """One group's sub-graph: the nodes downstream of its tensors, from the float tensors at its cut.
 
-    def __init__(self, model, tensors: list[str], mask: np.ndarray, shapes: dict, activation_type: str):
+    A probed tensor at the cut is an input: its probe feeds it quantized (by ``qdq``, ONNX
+    Runtime's own kernels). One the sub-graph computes itself (it lies downstream of another of
+    the group) gets a Q/DQ pair behind a gate, ``Where``, that the input ``probe_which`` opens.
+    """
+
+    def __init__(self, model, tensors: list[str], mask: np.ndarray, shapes: dict, activation_type: str, qdq):
         import onnx
         from onnx import TensorProto, helper, numpy_helper
 
@@ -148,9 +153,10 @@ class _Probe:
         extra = [constant_nodes[t] for t in needed if t in constant_nodes]
         self.cut = [t for t in needed if t not in inits and t not in constant_nodes]
         self.outputs = [o.name for o in graph.output if o.name in made]
-        self.tensors = tensors
+        self.tensors, self.qdq = tensors, qdq
+        self.inner = [t for t in tensors if t in made]
         zp_type = TensorProto.INT8 if activation_type == "int8" else TensorProto.UINT8
-        gated = {t: f"{t}__probe" for t in tensors}
+        gated = {t: f"{t}__probe" for t in self.inner}
         body = []
         for n in nodes:
             c = onnx.NodeProto()
@@ -159,40 +165,85 @@ class _Probe:
                 if name in gated:
                     c.input[k] = gated[name]
             body.append(c)
-        gates, new_inits = [], [numpy_helper.from_array(np.array(i, np.int64), f"probe_gate_{i}")
-                                for i in range(len(tensors))]
-        for i, t in enumerate(tensors):
+        inputs = [helper.make_tensor_value_info(t, shapes.get(t, (None, TensorProto.FLOAT))[1] or TensorProto.FLOAT,
+                                                None) for t in self.cut]
+        gates, new_inits = [], []
+        if self.inner:
+            inputs.append(helper.make_tensor_value_info("probe_which", TensorProto.INT64, []))
+        for i, t in enumerate(self.inner):
             s, z = f"{t}__probe_scale", f"{t}__probe_zp"
+            new_inits.append(numpy_helper.from_array(np.array(i, np.int64), f"probe_gate_{i}"))
+            inputs += [helper.make_tensor_value_info(s, TensorProto.FLOAT, []),
+                       helper.make_tensor_value_info(z, zp_type, [])]
             gates += [helper.make_node("Equal", ["probe_which", f"probe_gate_{i}"], [f"{t}__probe_open"]),
                       helper.make_node("QuantizeLinear", [t, s, z], [f"{t}__probe_q"]),
                       helper.make_node("DequantizeLinear", [f"{t}__probe_q", s, z], [f"{t}__probe_dq"]),
                       helper.make_node("Where", [f"{t}__probe_open", f"{t}__probe_dq", t], [gated[t]])]
-        inputs = [helper.make_tensor_value_info(t, shapes.get(t, (None, TensorProto.FLOAT))[1] or TensorProto.FLOAT,
-                                                None) for t in self.cut]
-        inputs += [helper.make_tensor_value_info("probe_which", TensorProto.INT64, [])]
-        for t in tensors:
-            inputs += [helper.make_tensor_value_info(f"{t}__probe_scale", TensorProto.FLOAT, []),
-                       helper.make_tensor_value_info(f"{t}__probe_zp", zp_type, [])]
+        # The squared change of the outputs against the float outputs (fed in) is reduced in the
+        # graph: over rows in float32 (sums of a few dozen terms), then in float64.
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+        axes = {"keepdims": 0} if opset >= 18 else {"keepdims": 0, "axes": [-1]}
+        if opset >= 18:
+            new_inits.append(numpy_helper.from_array(np.array([-1], np.int64), "probe_last_axis"))
+        errors = []
+        for o in self.outputs:
+            inputs.append(helper.make_tensor_value_info(f"{o}__probe_ref", TensorProto.FLOAT, None))
+            errors += [helper.make_node("Sub", [o, f"{o}__probe_ref"], [f"{o}__probe_diff"]),
+                       helper.make_node("ReduceSumSquare", [f"{o}__probe_diff"] + (["probe_last_axis"] if opset >= 18
+                                                                                   else []), [f"{o}__probe_rows"],
+                                        **axes),
+                       helper.make_node("Cast", [f"{o}__probe_rows"], [f"{o}__probe_64"], to=TensorProto.DOUBLE),
+                       helper.make_node("ReduceSum", [f"{o}__probe_64"], [f"{o}__probe_err"], keepdims=0)]
+        errors.append(helper.make_node("Sum", [f"{o}__probe_err" for o in self.outputs], ["probe_error"]))
         sub = helper.make_graph(
-            [*extra, *gates, *body], "probe", inputs,
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in self.outputs],
+            [*extra, *gates, *body, *errors], "probe", inputs,
+            [helper.make_tensor_value_info("probe_error", TensorProto.DOUBLE, [])],
             [i for i in graph.initializer if i.name in set(needed)] + new_inits)
         probe = helper.make_model(sub, opset_imports=model.opset_import, ir_version=model.ir_version)
         self.session = ort_session(probe.SerializeToString())
 
-    def errors(self, cut_values: dict[str, np.ndarray], reference: dict[str, np.ndarray],
-               params: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[float]:
-        """Summed squared output change of each tensor's probe on one batch."""
+    def errors(self, cut_values: dict[str, np.ndarray], params: dict[str, tuple[np.ndarray, np.ndarray]]
+               ) -> list[float]:
+        """Summed squared output change of each tensor's probe on one batch.
+
+        Args:
+            cut_values: The float model's tensors on this batch: at least its outputs and those of the cut.
+            params: Tensor -> (scale, zero point).
+        """
         feed = {t: cut_values[t] for t in self.cut}
-        for t in self.tensors:
+        feed.update({f"{o}__probe_ref": cut_values[o] for o in self.outputs})
+        for t in self.inner:
             feed[f"{t}__probe_scale"], feed[f"{t}__probe_zp"] = params[t]
         out = []
-        for i in range(len(self.tensors)):
-            feed["probe_which"] = np.array(i, np.int64)
-            got = self.session.run(self.outputs, feed)
-            out.append(sum(float(np.sum(np.square(g.astype(np.float64) - reference[o])))
-                           for g, o in zip(got, self.outputs)))
+        for t in self.tensors:
+            if t in self.inner:
+                feed["probe_which"] = np.array(self.inner.index(t), np.int64)
+            else:
+                feed[t] = self.qdq(cut_values[t], *params[t])
+                if self.inner:
+                    feed["probe_which"] = np.array(-1, np.int64)  # every gate closed
+            out.append(float(self.session.run(["probe_error"], feed)[0]))
+            if t not in self.inner:
+                feed[t] = cut_values[t]
         return out
+
+
+def _qdq_function(activation_type: str):
+    """``(x, scale, zero_point) -> DequantizeLinear(QuantizeLinear(x))``, run by ONNX Runtime."""
+    from onnx import TensorProto, helper
+
+    from convert.onnxutil import ort_session
+
+    zp_type = TensorProto.INT8 if activation_type == "int8" else TensorProto.UINT8
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])],
+        "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None),
+                helper.make_tensor_value_info("s", TensorProto.FLOAT, []),
+                helper.make_tensor_value_info("z", zp_type, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    session = ort_session(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString())
+    return lambda x, scale, zero_point: session.run(["y"], {"x": x, "s": scale, "z": zero_point})[0]
 
 
 def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batches: list, activation_type: str,
@@ -228,16 +279,16 @@ def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batche
     for i, n in enumerate(graph.node):
         for t in dict.fromkeys(n.input):
             readers.setdefault(t, []).append(i)
-    shapes = tensor_shapes(model, batches[0].shape)
     tensors = [t for t in tensors if readers.get(t)]  # a tensor nothing reads changes nothing
     if not tensors or not batches:
         return dict.fromkeys(ranges, 0.0)
+    shapes = tensor_shapes(model, batches[0].shape)
     masks = [_downstream(model, t, readers) for t in tensors]
     groups = _groups(masks, _node_costs(model, shapes), len(batches))
-    probes = []
+    probes, qdq = [], _qdq_function(activation_type)
     for g in (ctx.bar(groups, desc="sensitivity: sessions") if ctx else groups):
         union = np.logical_or.reduce([masks[i] for i in g])
-        probes.append(_Probe(model, [tensors[i] for i in g], union, shapes, activation_type))
+        probes.append(_Probe(model, [tensors[i] for i in g], union, shapes, activation_type, qdq))
     outputs = [o.name for o in graph.output]
     cuts = list(dict.fromkeys(t for p in probes for t in p.cut if t not in {i.name for i in graph.input}))
     ref_model = onnx.ModelProto()
@@ -254,7 +305,7 @@ def activation_sensitivity(model, ranges: dict[str, tuple[float, float]], batche
         values[input_name] = x
         energy += sum(float(np.sum(np.square(values[o], dtype=np.float64))) for o in outputs)
         for p in probes:
-            for t, e in zip(p.tensors, p.errors(values, values, params)):
+            for t, e in zip(p.tensors, p.errors(values, params)):
                 diff[t] += e
     return {t: diff.get(t, 0.0) / max(energy, 1e-30) for t in ranges}
 
@@ -390,7 +441,7 @@ def correct_biases(float_model, qmodel, batches: Iterable, ctx=None) -> dict[str
     names = list(sums.values())
     totals: dict[str, np.ndarray] = {}
     count = 0
-    rest = [first, *batches]
+    rest = itertools.chain([first], batches)
     for x in (ctx.bar(rest, desc="bias correction") if ctx else rest):
         for name, v in zip(names, session.run(names, {input_name: x})):
             totals[name] = totals.get(name, 0.0) + v.astype(np.float64)

@@ -58,6 +58,10 @@ def ort_session(path_or_bytes, threads: int | None = None):
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # Idle intra-op threads would spin after each run and take the cores from the next session's
+    # threads: with the sensitivity analysis' dozen sessions run in turn on 2 cores, each probe ran
+    # at half speed (calib.measure).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         so.intra_op_num_threads = threads
     src = str(path_or_bytes) if isinstance(path_or_bytes, Path) else path_or_bytes
