@@ -411,10 +411,11 @@ def correct_biases(float_model, qmodel, batches: Iterable, ctx=None) -> dict[str
             numpy_helper.from_array(_tap_matrix(h, oh, kh, strides[0], pads[0], dilations[0]), rows),
             numpy_helper.from_array(_tap_matrix(w, ow, kw, strides[1], pads[1], dilations[1]).T.copy(), cols)])
         out = f"bias_correction_taps_{i}"
-        # [N, C, H, W] @ [W, kw] -> [N, C, H, kw]; [kh, H] @ that -> [N, C, kh, kw]; summed over N
+        # [kh, H] @ [N, C, H, W] -> [N, C, kh, W] (a few rows: ONNX Runtime's matrix kernels run wide
+        # rows far faster than a product with a few columns); that @ [W, kw] -> [N, C, kh, kw]; summed over N
         probe.graph.node.extend([
-            helper.make_node("MatMul", [tensor, cols], [f"{out}_cols"]),
-            helper.make_node("MatMul", [rows, f"{out}_cols"], [f"{out}_taps"]),
+            helper.make_node("MatMul", [rows, tensor], [f"{out}_rows"]),
+            helper.make_node("MatMul", [f"{out}_rows", cols], [f"{out}_taps"]),
             helper.make_node("ReduceSum", [f"{out}_taps", "bias_correction_axis"], [out], keepdims=0)])
         probe.graph.output.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, None))
         sums[tensor, geometry] = out
