@@ -112,17 +112,25 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
 
     from calib.qdq import quantize_model
     from convert import onnxutil
-    from convert.evaluation import METRICS, evaluate_model
+    from convert.evaluation import METRICS, evaluate_detections, predict
     from convert.runtime import OrtRunner
 
     metric = metric or ("kpt_mAP50-95" if dataset.nk else "mAP50-95")
     if metric.startswith("kpt_") and not dataset.nk:
         raise ConvertError(f"{where}.metric: {metric} needs a pose model; this one predicts no keypoints.",
                            hint="use mAP50-95 or mAP50.")
+    seen: dict[Path, list] = {}  # model -> its detections on the first images of the dataset, in order
 
     def score(path: Path, label: str, images) -> dict[str, Any]:
+        # A model scored in the first round is run on the remaining images only: the detections of
+        # an image do not depend on the others, so the figures are those of a run on all of them.
+        done = seen.setdefault(path, [])
+        rest = images.subset(range(len(done), len(images)))
         bar = (lambda it, **kw: ctx.bar(it, **{**kw, "desc": f"auto: {label}"})) if ctx else None
-        figures = evaluate_model(OrtRunner(path, threads), images, meta, bar=bar)
+        if len(rest):
+            with OrtRunner(path, threads) as runner:
+                done += predict(runner, rest, meta, bar=bar)
+        figures = evaluate_detections(images, done[:len(images)])
         # timings stay out: table.json must be byte-identical across rebuilds
         return {"metrics": {k: figures[k] for k in METRICS if k in figures}}
 
@@ -136,8 +144,8 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
             paths[method] = Path(tmp) / f"{method}.onnx"
             onnxutil.save(q.model, paths[method])
         screened = None
-        if 0 < screen < len(dataset) and len(candidates) > 1:
-            first = dataset.subset(range(screen))
+        first = dataset.subset(range(min(screen, len(dataset))))
+        if 0 < screen < len(dataset) and len(candidates) > 1 and first.gt["annotations"]:
             ref = score(model_file, "fp32, first round", first)["metrics"][metric]
             firsts = {m: score(paths[m], f"{m}, first round", first)["metrics"] for m in candidates}
             best = max(f[metric] for f in firsts.values())

@@ -114,22 +114,22 @@ def test_auto_keeps_the_method_that_scores_best_not_the_first(tmp_path, detector
 def test_a_first_round_on_few_images_drops_the_clear_losers(tmp_path, detector, monkeypatch):
     from convert import evaluation
 
-    evaluated, real = [], evaluation.evaluate_model
+    evaluated, real = [], evaluation.predict
 
     def counting(runner, dataset, meta, **kw):
         evaluated.append(len(dataset))
         return real(runner, dataset, meta, **kw)
 
-    monkeypatch.setattr(evaluation, "evaluate_model", counting)  # select imports it at call time
+    monkeypatch.setattr(evaluation, "predict", counting)  # select imports it at call time
     data = square_dataset(tmp_path / "ds", n=14)
     auto = {"candidates": ["percentile", "minmax", "entropy"], "quantize": {"bias_correction": False},
             "screen_images": 3, "screen_margin": 0.2}
     res, table = calibrate(tmp_path, detector, "auto", data=data, num=6, method="auto", percentile=90, auto=auto)
     sel = table["selection"]
-    # first round: fp32 and the three candidates on 3 images; then fp32 and the one contender on all 8
-    # (entropy, like percentile at 90, clips the squares' brightness)
+    # first round: fp32 and the three candidates on 3 images; then fp32 and the one contender on the
+    # other 5, their figures on all 8 (entropy, like percentile at 90, clips the squares' brightness)
     assert sel["screen"]["images"] == 3 and sel["screen"]["kept"] == ["minmax"]
-    assert evaluated == [3, 3, 3, 3, 8, 8]
+    assert evaluated == [3, 3, 3, 3, 5, 5]
     for m in ("percentile", "entropy"):
         assert sel["candidates"][m]["screened_out"] is True
         assert sel["candidates"][m]["metrics"] == sel["candidates"][m]["screen"]["metrics"]
@@ -145,6 +145,9 @@ def test_a_first_round_on_few_images_drops_the_clear_losers(tmp_path, detector, 
                        auto={**auto, "screen_images": 0})
     assert "screen" not in one["selection"] and one["selection"]["chosen"] == "minmax"
     assert evaluated[6:] == [8, 8, 8, 8]
+    # the second round's figures are those of a run on all 8 images
+    assert one["selection"]["fp32"] == sel["fp32"]
+    assert one["selection"]["candidates"]["minmax"]["metrics"] == sel["candidates"]["minmax"]["metrics"]
 
 
 def test_auto_with_separate_labelled_images(tmp_path, detector):
