@@ -13,7 +13,8 @@ Each repetition runs ``quantize_model`` in this process and prints its wall time
 inside it, the sensitive tensors chosen and the mean bias shift. The first repetition is cold (ONNX
 Runtime's and NumPy's first use included, not the imports). ``--out`` writes the last repetition's
 figures: every probed tensor's sensitivity, every corrected convolution's bias, the timings' medians.
-``--save`` writes the Q/DQ model. ``--compare`` prints how two such files differ (same ranking? largest bias difference?).
+``--save`` writes the Q/DQ model. ``--compare`` prints how two such files differ (same ranking?
+largest bias difference?).
 
 The script puts its own checkout first on ``sys.path``, so a copy in another checkout measures that code.
 """

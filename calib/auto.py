@@ -13,8 +13,15 @@ is scored on the same images, so each candidate's drop is known.
 
 Scoring is in two rounds, to spend evaluation time on the close contenders only: every candidate
 (and the float model) is first scored on the first ``screen`` held-out images, and only those
-within ``screen_margin`` of the best there are scored on all of them and compared with ``margin``
-(on yolov5n / coco128 entropy trails by about 10 points after 16 images and is not scored further).
+within ``screen_margin`` of the best there are run on the other images, scored on all of them and
+compared with ``margin`` (on yolov5n / coco128 entropy trails by about 10 points after 16 images and
+is not scored further: 208 inferences instead of 256).
+
+Candidates are quantized one after the other: ONNX Runtime already runs each on both cores of the
+2-core machine this was measured on (two single-threaded sessions side by side did no more work
+than one session on two threads). What the candidates could share (the float model's runs at the
+sensitivity probes' cuts, the probe sessions; the probes themselves depend on the ranges) comes to
+about 3 % of the stage on yolov5n, so each candidate's sensitivity analysis is its own.
 """
 
 from __future__ import annotations

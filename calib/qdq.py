@@ -50,6 +50,7 @@ Accuracy techniques, each measured on YOLOv5n / coco128 (bench/int8_accuracy.py)
   the second layer's output with a range of ~115 for mostly tiny values, costs more than the
   next five together; its two 1x1 consumers are ~1% of the compute).
 * ``bias_correction``: per-channel mean shifts measured on the calibration images are removed.
+  (Both measurements are :mod:`calib.measure`'s.)
 * The ranges come from the table (``calibrate``): for SiLU networks MinMax keeps the rare large
   activations that carry detections, which entropy, percentile and MSE clipping lose.
 

@@ -203,7 +203,7 @@ class Calibrate(Pass):
     """Measure activation ranges (minmax, entropy, percentile, mse) of a float ONNX body on calibration images."""
 
     name = "calibrate"
-    version = 2
+    version = 3  # 3: method auto's candidates are quantized as quantize version 4 does (bias corrections)
     Config = CalibrateConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body (truncated head)")}
     output = "calib_table"
