@@ -7,11 +7,12 @@
 
 Each round runs, for every checkout in turn, ``python -m convert --store S --artifacts A run SPEC OVERRIDES
 --until STAGE --force STAGE --no-progress`` from that checkout (its own code), in one store per
-checkout: the stages before STAGE are built in a first, untimed run and then cached, STAGE runs
-every time. Prints the stage's wall time as the run reports it, the whole process's wall and CPU time
-(user + system, every thread; the cached stages and imports included), the stage's summary line,
-and the medians. The order of the checkouts alternates between rounds, so that background load hits
-them alike (the machine this was written on is shared).
+checkout: the stages before STAGE (in ``convert plan``'s order) are built in a first, untimed run
+and then cached, STAGE runs every time. SPEC is relative to each checkout. Prints the stage's wall
+time as the run reports it, the whole process's wall and CPU time (user + system, every thread; the
+cached stages and imports included), the stage's summary line, and the medians. The order of the
+checkouts alternates between rounds, so that background load hits them alike (the machine this was
+written on is shared).
 """
 
 from __future__ import annotations
@@ -27,12 +28,27 @@ import time
 from pathlib import Path
 
 
-def run(checkout: Path, work: Path, args, timed: bool) -> dict:
-    spec = Path(args.spec)
-    spec = spec if spec.is_absolute() else checkout / spec
-    cmd = [sys.executable, "-m", "convert", "--store", str(work / "store"), "--artifacts", str(work / "art"),
-           "run", str(spec), *args.overrides, "--until", args.stage, *(["--force", args.stage] if timed else []),
-           "--no-progress"]
+def convert(checkout: Path, work: Path, *argv: str) -> list[str]:
+    return [sys.executable, "-m", "convert", "--store", str(work / "store"), "--artifacts", str(work / "art"), *argv]
+
+
+def prime(checkout: Path, work: Path, args) -> None:
+    """Builds the stages before STAGE (in the plan's order), untimed."""
+    spec = str(checkout / args.spec)
+    plan = subprocess.run(convert(checkout, work, "plan", spec, *args.overrides), cwd=checkout, capture_output=True,
+                          text=True, check=True).stdout
+    names = [ln.split()[0] for ln in plan.splitlines() if ln.strip()]
+    if args.stage not in names:
+        sys.exit(f"error: the spec has no stage {args.stage!r} (stages: {', '.join(names)})")
+    if names.index(args.stage):
+        subprocess.run(convert(checkout, work, "run", spec, *args.overrides, "--until",
+                               names[names.index(args.stage) - 1], "--no-progress"), cwd=checkout,
+                       capture_output=True, check=True)
+
+
+def run(checkout: Path, work: Path, args) -> dict:
+    cmd = convert(checkout, work, "run", str(checkout / args.spec), *args.overrides, "--until", args.stage,
+                  "--force", args.stage, "--no-progress")
     before = os.times()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=checkout, capture_output=True, text=True)
@@ -59,12 +75,12 @@ def main() -> None:
     checkouts = [c.resolve() for c in (args.checkout or [Path(__file__).resolve().parents[1]])]
     root = args.work or Path(tempfile.mkdtemp(prefix="stage-cost-"))
     works = {c: root / f"{i}" for i, c in enumerate(checkouts)}
-    for c in checkouts:  # build what the stage reads, once, untimed
-        run(c, works[c], args, timed=False)
+    for c in checkouts:
+        prime(c, works[c], args)
     rows: dict[Path, list] = {c: [] for c in checkouts}
     for r in range(args.rounds):
         for c in (checkouts if r % 2 == 0 else checkouts[::-1]):
-            row = run(c, works[c], args, timed=True)
+            row = run(c, works[c], args)
             rows[c].append(row)
             print(f"round {r + 1} {c}: stage {row['stage']:.1f} s, process wall {row['wall']:.1f} s, "
                   f"cpu {row['cpu']:.1f} s | {row['line']}", flush=True)

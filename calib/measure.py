@@ -2,16 +2,19 @@
 tensor is (:func:`activation_sensitivity`), and how far each quantized convolution shifts its
 output's mean (:func:`correct_biases`).
 
-Both are exact restatements of the direct computations, laid out so that ONNX Runtime does little
-more work than the answer needs (yolov5n, 49 probed tensors, 8 images: 30 s to a few seconds; see
-``bench/quantize_cost.py``):
+Both are exact restatements of the direct computations (the same values up to float rounding),
+laid out so that ONNX Runtime does little more work than the answer needs (see
+``bench/quantize_cost.py``; yolov5n, 49 probed tensors, 8 images: the probes cost 18 to 24 runs of
+the whole model per image instead of 49, and bias correction one run of the quantized model per
+image instead of that plus every convolution again in float):
 
 * Sensitivity: quantizing one tensor changes only what lies downstream of it. The float model is
   run once per image, keeping the tensors at a few cuts; each probe then runs only the sub-graph
-  downstream of its cut, from those tensors. Probed tensors are grouped (in graph order) so that
-  one ONNX Runtime session serves a group: every tensor of the group gets its Q/DQ pair behind a
-  gate (``Where``), and a scalar input says which gate is open. The grouping minimises an estimate
-  of the work: the compute each probe's sub-graph costs, plus one session per group.
+  downstream of its cut, from those tensors, and reduces its outputs' squared change in the graph.
+  Probed tensors are grouped (in graph order) so that one ONNX Runtime session serves a group: a
+  tensor at the group's cut is fed quantized, one the sub-graph computes gets its Q/DQ pair behind
+  a gate (``Where``) that a scalar input opens. The grouping minimises an estimate of the work: the
+  compute of each probe's sub-graph, plus one session per group.
 * Bias correction: a convolution is linear, so the mean of its output over all positions is its
   weights applied to the sums of its input over the positions each kernel tap reads, plus the
   bias. Those tap sums (tiny: channels x kernel taps) are reduced inside the quantized model for
@@ -31,7 +34,7 @@ import numpy as np
 
 SESSION_COST = 0.5
 """Estimated cost of creating one ONNX Runtime session, in runs of the whole model (measured on
-yolov5n: about 40 ms to create, 80 ms to run); only the grouping of probes depends on it."""
+yolov5n: about 30 ms to create, 40 to 80 ms to run); only the grouping of probes depends on it."""
 
 
 def qparams(lo: float, hi: float, activation_type: str):
