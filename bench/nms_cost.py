@@ -33,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from convert import heads  # noqa: E402
 from convert import postprocess as pp  # noqa: E402
 from convert.base import Artifact  # noqa: E402
 from convert.manager import Manager  # noqa: E402
@@ -131,7 +132,7 @@ def main() -> int:
                             runs = []
                             for _ in range(args.repeats):
                                 t0 = time.perf_counter()
-                                pp.postprocess([maps[n] for n in head["outputs"]], head, s)
+                                heads.postprocess([maps[n] for n in head["outputs"]], head, s)
                                 runs.append((time.perf_counter() - t0) * 1e3)
                             host[name].append(statistics.median(runs))
             finally:
