@@ -20,7 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from convert.models.checkpoint import load_yolov5  # noqa: E402
+from convert.models.yolo import load_yolov5  # noqa: E402
 
 
 def letterbox(path: Path, size: int, rect: bool) -> tuple[torch.Tensor, float, tuple[int, int]]:

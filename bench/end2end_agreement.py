@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from convert import heads  # noqa: E402
 from convert import postprocess as pp  # noqa: E402
 from convert.heads.reference import torch_reference  # noqa: E402
 from convert.manager import Manager  # noqa: E402
@@ -120,7 +121,7 @@ def main() -> int:
                     dets = {"torch": torch_reference(model(torch.from_numpy(x)), head, settings)}
                 for name, runner in runners.items():
                     out = infer(runner, x)
-                    dets[name] = (pp.postprocess([out[n] for n in head["outputs"]], head, settings)
+                    dets[name] = (heads.postprocess([out[n] for n in head["outputs"]], head, settings)
                                   if name.startswith("trunc") else pp.Detections.from_outputs(out))
                 for name, (ref, other) in pairs.items():
                     agr = pp.match(dets[ref].image(0).to_original(tf), dets[other].image(0).to_original(tf), args.tol)

@@ -29,7 +29,7 @@ def main() -> None:
     import torch
 
     from convert.manager import Manager
-    from convert.models.checkpoint import load_yolov5
+    from convert.models.yolo import load_yolov5
     from convert.onnxutil import ort_session
     from convert.preprocess import load_image, preprocess
     from convert.spec import load_spec

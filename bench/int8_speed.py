@@ -150,6 +150,7 @@ def main() -> int:
                     acc[f"INT8 target {target} seed {seed}", be] = evaluate_model(
                         make_runner(be, arts[name], args.threads), dataset, meta)["mAP50-95"]
         # detections of the end-to-end models against host-side post-processing of the raw head's maps
+        from convert import heads
         from convert import postprocess as pp
 
         agree = {m: 0 for m in nms_models if m != "raw head"}
@@ -161,8 +162,8 @@ def main() -> int:
                 x = preprocess(load_image(p), meta["preprocess"])[0]
                 maps = infer(raw, x)
                 for m, r, top in ((list(agree)[0], a, None), (list(agree)[1], b, PRE_TOP_K)):
-                    host = pp.postprocess([maps[n] for n in head["outputs"]], head,
-                                          pp.NMSSettings(0.25, 0.45, args.k, pre_top_k=top))
+                    host = heads.postprocess([maps[n] for n in head["outputs"]], head,
+                                             pp.NMSSettings(0.25, 0.45, args.k, pre_top_k=top))
                     agree[m] += pp.match(host.image(0), pp.Detections.from_outputs(infer(r, x)).image(0)).same
 
     import openvino as ov

@@ -8,10 +8,14 @@ the end-to-end model's time minus the truncated model's, per image. For comparis
 host-side numpy post-processing of the truncated model's outputs is timed too.
 
 Two score thresholds are measured: 0.25 (deployment) and 0.001 (mAP evaluation, many more
-candidates reach NMS), each without a pre-NMS top-k and with the postprocess pass's default
-(``--pre-top-k``, 1000: at score 0.25 at most 246 yolov5n candidates pass on coco128). The detections of every model
-with a pre-NMS top-k are compared, image by image, with those of the same thresholds without it
-(``changed``: images whose detections differ; ``same`` means every output equal).
+candidates reach NMS), each without a pre-NMS top-k and with one (``--pre-top-k``, 1000: at score 0.25
+at most 246 yolov5n candidates pass on coco128). The detections of every model with a pre-NMS top-k
+are compared, image by image, with those of the same thresholds without it
+(``changed``: images whose detections differ; ``same`` means every output equal), and the detections
+of every end-to-end model with the host-side post-processing of the truncated model's maps under the
+same settings (``vs host``: images where they differ, :func:`convert.postprocess.match`). ``post ops``:
+the ONNX Runtime profiler's kernel time of the appended decode + NMS nodes per image (free of the
+noise of whole-model latency differences).
 OpenVINO runs with the f32 inference precision hint (:class:`convert.runtime.OpenVINORunner`).
 
     python bench/nms_cost.py --weights ../shared/fixtures/weights/yolov5n.pt \\
@@ -33,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from convert import heads  # noqa: E402
 from convert import postprocess as pp  # noqa: E402
 from convert.base import Artifact  # noqa: E402
 from convert.manager import Manager  # noqa: E402
@@ -66,6 +71,35 @@ def end2end(trunc: Artifact, settings: pp.NMSSettings, folder: Path) -> Artifact
     onnx.save(model, str(folder / "model.onnx"))
     meta = {**trunc.meta, "truncated": False, "end2end": True, "outputs": [o.name for o in model.graph.output]}
     return Artifact("onnx", folder, "model.onnx", meta, folder.name)
+
+
+def post_op_ms(path: Path, inputs: list, threads: int) -> float:
+    """Milliseconds per image ONNX Runtime's profiler records in the appended decode + NMS nodes.
+
+    The nodes the postprocess rewrite adds are named ``postprocess/...``; their kernel times,
+    summed, are the post-processing cost free of the run-to-run noise of whole-model latencies.
+    """
+    import json
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.enable_profiling = True
+    so.log_severity_level = 3
+    so.profile_file_prefix = str(path.parent / "profile")
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    sess.run(None, {name: inputs[0]})  # warm-up: the first run allocates
+    for x in inputs:
+        sess.run(None, {name: x})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
+    start = runs[1]["ts"] if len(runs) > 1 else 0  # skip the warm-up run's nodes
+    events = [e for e in events if e["ts"] >= start]
+    total = sum(e["dur"] for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+                and e["name"].startswith("postprocess"))
+    return total / len(inputs) / 1e3
 
 
 def main() -> int:
@@ -103,6 +137,7 @@ def main() -> int:
         host = {name: [] for name in settings}
         dets = {name: 0 for name in settings}
         changed = {name: 0 for name in settings}
+        vs_host = {name: 0 for name in settings}
         for backend in ("onnxruntime", "openvino"):
             runners = {m: load_runner(art, backend=backend, threads=args.threads) for m, art in models.items()}
             for r in runners.values():
@@ -131,28 +166,34 @@ def main() -> int:
                             runs = []
                             for _ in range(args.repeats):
                                 t0 = time.perf_counter()
-                                pp.postprocess([maps[n] for n in head["outputs"]], head, s)
+                                want = heads.postprocess([maps[n] for n in head["outputs"]], head, s)
                                 runs.append((time.perf_counter() - t0) * 1e3)
                             host[name].append(statistics.median(runs))
+                            got = pp.Detections.from_outputs(first[name])
+                            vs_host[name] += int(not pp.match(want.image(0), got.image(0)).same)
             finally:
                 for r in runners.values():
                     r.deactivate()
+
+        post_ms = {name: post_op_ms(models[name].file, inputs, args.threads) for name in settings}
 
     cpu = cpu_info()
     print(f"{len(images)} images, {args.size}x{args.size}, {args.threads} thread(s), median of {args.repeats} runs "
           f"per image; CPU: {cpu.get('model', '?')}; IoU {args.iou}; OpenVINO inference precision hint f32; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     base = {be: np.asarray(times["truncated (no NMS)", be]) for be in ("onnxruntime", "openvino")}
-    print(f"{'model':<34} {'dets/img':>8} {'ORT ms':>8} {'+NMS':>7} {'OV ms':>8} {'+NMS':>7} {'host numpy ms':>14} "
-          f"{'changed':>8}")
+    print(f"{'model':<34} {'dets/img':>8} {'ORT ms':>8} {'+NMS':>7} {'post ops':>8} {'OV ms':>8} {'+NMS':>7} "
+          f"{'host numpy ms':>14} {'changed':>8} {'vs host':>8}")
     for m in models:
         ort, ov = np.asarray(times[m, "onnxruntime"]), np.asarray(times[m, "openvino"])
         extra = m in settings
         print(f"{m:<34} {dets[m] / len(images) if extra else float('nan'):>8.1f} {ort.mean():>8.2f} "
-              f"{(ort - base['onnxruntime']).mean() if extra else 0:>+7.2f} {ov.mean():>8.2f} "
+              f"{(ort - base['onnxruntime']).mean() if extra else 0:>+7.2f} "
+              f"{post_ms[m] if extra else float('nan'):>8.2f} {ov.mean():>8.2f} "
               f"{(ov - base['openvino']).mean() if extra else 0:>+7.2f} "
               f"{np.mean(host[m]) if extra else float('nan'):>14.2f} "
-              f"{(changed[m] if settings[m].pre_top_k else '-') if extra else '':>8}")
+              f"{(changed[m] if settings[m].pre_top_k else '-') if extra else '':>8} "
+              f"{vs_host[m] if extra else '':>8}")
     return 0
 
 

@@ -169,6 +169,11 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
             there, or they leave nothing to quantize.
     """
     plan = plan_nodes(model, c, where)
+    if c.target == "onnxruntime":  # before anything reads the plan: the image is then never probed
+        plan = plan.keep_float(input_nodes(model, plan.quantized))
+        if not plan.quantized:
+            raise PassError("target onnxruntime keeps the convolutions reading the network input in float, and "
+                            "the model has no other node to quantize.", hint=f"use another {where}.target.")
     needed = activation_inputs(model, plan.quantized)
     missing = [t for t in needed if t not in ranges]
     if missing:
@@ -186,11 +191,6 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
         raise PassError("sensitivity analysis and bias correction need the calibration images, and this table "
                         f"has none (method {method}).",
                         hint=f"set {where}.bias_correction: false and keep_float_sensitive: 0 for an imported table.")
-    if c.target == "onnxruntime":
-        plan = plan.keep_float(input_nodes(model, plan.quantized))
-        if not plan.quantized:
-            raise PassError("target onnxruntime keeps the convolutions reading the network input in float, and "
-                            "the model has no other node to quantize.", hint=f"use another {where}.target.")
     sensitive: dict[str, float] = {}
     if c.keep_float_sensitive:
         probe = list(itertools.islice(batches(), c.sensitivity_samples))

@@ -382,7 +382,7 @@ def end2end_outputs(outputs: dict[str, np.ndarray], meta: dict[str, Any], conf: 
         missing = [n for n in names if n not in outputs]
         if missing:
             raise ConvertError(f"the truncated model has no output {missing[0]!r} (outputs: {', '.join(outputs)}).")
-        return pp.postprocess([outputs[n] for n in names], head, settings).outputs()
+        return heads.postprocess([outputs[n] for n in names], head, settings).outputs()
     if len(outputs) != 1:
         raise ConvertError(f"a decoded model has one output, this one has {len(outputs)} ({', '.join(outputs)}).",
                            hint="mark truncated models as such (truncate_head) or add NMS (postprocess).")

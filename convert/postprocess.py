@@ -1,10 +1,10 @@
 """Detection post-processing: one definition, three implementations that agree.
 
 The in-graph ONNX post-processing (:mod:`convert.graph`, back-end ``onnx``), the host-side
-numpy post-processing here (:func:`postprocess`) and the PyTorch reference
-(:func:`convert.heads.reference.torch_reference`) compute exactly the following, so a truncated
-model post-processed on the host, an end-to-end model and the PyTorch model give the same
-detections.
+numpy post-processing (:func:`convert.heads.postprocess`: the head's decode, then :func:`select`
+here) and the PyTorch reference (:func:`convert.heads.reference.torch_reference`) compute exactly
+the following, so a truncated model post-processed on the host, an end-to-end model and the
+PyTorch model give the same detections.
 
 Semantics
 ---------
@@ -53,9 +53,8 @@ every step.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
@@ -173,16 +172,6 @@ class Detections:
                                None if self.keypoints is None else self.keypoints[i, :n])
 
 
-# --- step 1: decoding, by the head's family (convert.heads) ---------------------------------
-
-
-def decode(maps: Sequence[np.ndarray], head: dict[str, Any]) -> Candidates:
-    """Step 1 for any supported head (:func:`convert.heads.parse`, then its family's decode)."""
-    from convert import heads
-
-    return heads.parse(head).decode(maps)
-
-
 # --- steps 2-6 -------------------------------------------------------------------------------
 
 
@@ -281,26 +270,6 @@ def select(cands: Candidates, settings: NMSSettings) -> Detections:
         if kpts is not None:
             out.keypoints[b, :m] = kpts[n_top]
     return out
-
-
-def postprocess(maps: Sequence[np.ndarray], head: dict[str, Any], settings: NMSSettings,
-                keypoints: bool | None = None) -> Detections:
-    """Host-side post-processing of a truncated model's raw maps (all steps).
-
-    Args:
-        maps: Raw per-level maps, in the order of ``head["strides"]``.
-        head: The model's head metadata (``meta["head"]``).
-        settings: Thresholds and limits.
-        keypoints: Whether to return keypoints; default: when the head has them.
-
-    Returns:
-        The padded detections in network-input pixels (see :meth:`Detections.image` and
-        :meth:`ImageDetections.to_original`).
-    """
-    cands = decode(maps, head)
-    if keypoints is False:
-        cands = replace(cands, keypoints=None)
-    return select(cands, settings)
 
 
 # --- comparing detection sets ------------------------------------------------------------------

@@ -60,7 +60,9 @@ class Postprocess(Pass):
     """Append decode + NMS to a truncated-head ONNX model: padded num_dets/boxes/scores/classes[/keypoints]."""
 
     name = "postprocess"
-    version = 2  # 2: YOLOv5 candidates that cannot pass the score threshold are dropped before decode
+    # 2: YOLOv5 candidates that cannot pass the score threshold are dropped before decode;
+    # 3: ... and gathered from each level map as it is, never transposing or concatenating whole maps
+    version = 3
     Config = PostprocessConfig
     inputs = {"model": Input(("onnx",), doc="a truncated-head ONNX model (meta truncated: true, with head metadata)")}
     output = "onnx"

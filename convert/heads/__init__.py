@@ -173,3 +173,32 @@ def parse(head: dict[str, Any] | Head | None) -> Head:
         where = ".".join(str(p) for p in err["loc"])
         raise ConvertError(f"head metadata ({head['type']}): {where}: {err['msg']}.",
                            hint="the artifact's metadata is damaged or from another version; re-export it.") from None
+
+
+def decode(maps: Sequence[np.ndarray], head: dict[str, Any] | Head):
+    """Step 1 of :mod:`convert.postprocess` for any supported head: :func:`parse`, then its family's decode."""
+    return parse(head).decode(maps)
+
+
+def postprocess(maps: Sequence[np.ndarray], head: dict[str, Any] | Head, settings, keypoints: bool | None = None):
+    """Host-side post-processing of a truncated model's raw maps: every step of :mod:`convert.postprocess`.
+
+    Step 1 is the head family's decode (:meth:`Head.decode`), steps 2-6 :func:`convert.postprocess.select`.
+
+    Args:
+        maps: Raw per-level maps, in the order of ``head["strides"]``.
+        head: The model's head metadata (``meta["head"]``).
+        settings: Thresholds and limits (:class:`convert.postprocess.NMSSettings`).
+        keypoints: Whether to return keypoints; default: when the head has them.
+
+    Returns:
+        The padded :class:`convert.postprocess.Detections` in network-input pixels.
+    """
+    from dataclasses import replace
+
+    from convert.postprocess import select
+
+    cands = decode(maps, head)
+    if keypoints is False:
+        cands = replace(cands, keypoints=None)
+    return select(cands, settings)

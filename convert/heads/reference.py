@@ -1,6 +1,6 @@
 """The PyTorch reference of post-processing, the oracle tests and benchmarks check against.
 
-An implementation independent of :func:`convert.postprocess.postprocess`: the model code's own
+An implementation independent of :func:`convert.heads.postprocess`: the model code's own
 decode (its decoded forward), read by the head family's :meth:`convert.heads.Head.torch_candidates`,
 then steps 2-6 of :mod:`convert.postprocess` written in torch.
 """
@@ -26,7 +26,7 @@ def torch_reference(decoded, head: dict[str, Any] | heads.Head, settings: NMSSet
         keypoints: Whether to return keypoints; default: when the head has them.
 
     Returns:
-        Padded detections (numpy), as :func:`convert.postprocess.postprocess`.
+        Padded detections (numpy), as :func:`convert.heads.postprocess`.
     """
     import torch
 

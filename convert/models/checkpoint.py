@@ -11,7 +11,7 @@ module reads the torch zip format itself with a restricted unpickler:
   inert :class:`Stub` class that only records its constructor arguments and pickled state.
 
 The model tree is then read from the stubs: the architecture dict, class names, strides and
-the state dict, which :func:`load_yolov5` loads into a model built by :mod:`convert.models.yolo`.
+the state dict, which :func:`convert.models.yolo.load_yolov5` loads into a model built there.
 """
 
 from __future__ import annotations
@@ -381,23 +381,3 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConvertError(f"checkpoint {path} holds no state dict",
                            hint="save one with torch.save(model.state_dict(), path).")
     return _float_state(obj, path)
-
-
-def load_yolov5(path: str | Path):
-    """Builds a :class:`~convert.models.yolo.YoloModel` from an official YOLOv5 checkpoint.
-
-    Args:
-        path: The ``.pt`` file.
-
-    Returns:
-        The model in eval mode, float32, decoded (not truncated), weights loaded strictly.
-
-    Raises:
-        ConvertError: The file is unreadable or its weights do not match its architecture.
-    """
-    from convert.models.yolo import build_model, load_weights
-
-    ckpt = load_checkpoint(path)
-    model = build_model(ckpt.arch, nc=ckpt.nc, names=ckpt.names)
-    load_weights(model, ckpt.state_dict, source=str(path))
-    return model.eval()

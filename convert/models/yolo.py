@@ -576,6 +576,26 @@ def load_weights(model: YoloModel, state_dict: dict[str, torch.Tensor], source: 
 
 # --- the architecture-module contract (convert.models) --------------------------------------
 
+def load_yolov5(path: str | Path):
+    """Builds a :class:`YoloModel` from an official YOLOv5 checkpoint.
+
+    Args:
+        path: The ``.pt`` file.
+
+    Returns:
+        The model in eval mode, float32, decoded (not truncated), weights loaded strictly.
+
+    Raises:
+        ConvertError: The file is unreadable or its weights do not match its architecture.
+    """
+    from convert.models.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.arch, nc=ckpt.nc, names=ckpt.names)
+    load_weights(model, ckpt.state_dict, source=str(path))
+    return model.eval()
+
+
 
 def load(request) -> tuple[YoloModel, dict]:
     """A YOLOv5-family model for the ``load`` pass (:class:`convert.models.ModelRequest`).

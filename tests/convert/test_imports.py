@@ -42,3 +42,43 @@ def test_a_spec_imports_only_the_passes_it_uses(tmp_path):
             "print(sorted(m for m in sys.modules if m.startswith(('passes.', 'calib', 'torch', 'openvino'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['passes.export_onnx', 'passes.load', 'passes.simplify']", out.stdout
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (lazy imports included)."""
+    modules = {}
+    for package in ("convert", "calib", "passes"):
+        for path in (REPO / package).rglob("*.py"):
+            name = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            found.update(t for t in targets if t in modules and t != name)
+        graph[name] = found
+    return graph
+
+
+def test_the_import_graph_has_no_circle():
+    graph, state, circles = module_imports(), {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                circles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles

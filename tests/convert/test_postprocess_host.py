@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from convert import heads
 from convert import postprocess as pp
 from convert.errors import ConvertError
 from convert.heads.reference import torch_reference
@@ -105,7 +106,7 @@ def test_host_postprocess_agrees_with_model_decode_and_torch_reference(arch, nc)
     with torch.no_grad():
         ref = torch_reference(model(x), model.head_meta(), settings)
         maps = model.truncate_head()(x)
-    host = pp.postprocess([m.numpy() for m in maps], model.head_meta(), settings)
+    host = heads.postprocess([m.numpy() for m in maps], model.head_meta(), settings)
     assert ref.num_dets.min() >= 10 and ref.num_dets.max() < 300
     for i in range(2):
         agr = pp.match(ref.image(i), host.image(i), tol=1e-3)
@@ -122,7 +123,7 @@ def test_decode_matches_model_code():
         maps = model(torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2)))
     meta = model.head_meta()
     d = decode_raw(maps, meta).numpy()
-    cands = pp.decode([m.numpy() for m in maps], meta)
+    cands = heads.decode([m.numpy() for m in maps], meta)
     np.testing.assert_allclose(cands.boxes, as_candidates(d, 1, 17).boxes, rtol=1e-6, atol=1e-4)
     np.testing.assert_allclose(cands.scores, d[..., 4:5] * d[..., 5:6], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(cands.keypoints, d[..., 6:].reshape(1, -1, 17, 3), rtol=1e-6, atol=1e-4)
@@ -173,9 +174,9 @@ def test_outputs_round_trip_and_errors():
     with pytest.raises(ConvertError, match="scores"):
         pp.Detections.from_outputs({"num_dets": dets.num_dets, "boxes": dets.boxes})
     with pytest.raises(ConvertError, match="not supported"):
-        pp.decode([], {"type": "yolov10"})
+        heads.decode([], {"type": "yolov10"})
     with pytest.raises(ConvertError, match="no head metadata"):
-        pp.decode([], None)
+        heads.decode([], None)
     with pytest.raises(ConvertError, match="channels"):
-        pp.decode([np.zeros((1, 10, 2, 2), np.float32)], {"type": "yolov5", "nc": 1, "na": 3, "strides": [8],
+        heads.decode([np.zeros((1, 10, 2, 2), np.float32)], {"type": "yolov5", "nc": 1, "na": 3, "strides": [8],
                                                           "anchors": [[[1, 1]] * 3]})

@@ -403,3 +403,16 @@ def test_onnxruntime_target_gives_7_bit_weights_only_where_int16_pair_sums_can_o
     _, trt_model, trt_path = quantize(setup, "trt_7bit", activation_type="uint8")
     assert set(onnx_seven_bit(trt_model)) == set(overflow_prone_convs(trt_path)) and "stem/Conv" in set(
         overflow_prone_convs(trt_path))
+
+
+def test_onnxruntime_target_never_probes_the_float_stem_input(setup, monkeypatch):
+    import calib.qdq as qdq
+
+    probed = []
+    real = qdq.activation_sensitivity
+    monkeypatch.setattr(qdq, "activation_sensitivity",
+                        lambda model, ranges, *a, **k: probed.extend(ranges) or real(model, ranges, *a, **k))
+    res, _, _ = quantize(setup, "ort_probe", target="onnxruntime", keep_float_sensitive=1)
+    # the image feeds only the stem, which this target keeps float: quantizing it changes nothing
+    assert probed and "images" not in probed and "stem.o" in probed
+    assert "images" not in res.meta["quantization"]["sensitive_tensors"]

@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
+from convert import heads
 from convert import postprocess as pp
 from convert.errors import ConvertError
 from convert.onnxutil import ort_session
@@ -45,7 +46,7 @@ def test_decode_matches_host(nk):
     n = 3 * (8 * 12 + 4 * 6 + 2 * 3)
     assert got[0].shape == (2, n, 4) and got[1].shape == (2, 4, n)
     assert nk == 0 or got[2].shape == (2, n, nk, 3)
-    assert_decoded_equal(got, pp.decode(maps, head))
+    assert_decoded_equal(got, heads.decode(maps, head))
 
 
 def test_decode_with_dynamic_input_size():
@@ -54,7 +55,7 @@ def test_decode_with_dynamic_input_size():
     model = decode_model(raw, head)
     for b, h, w in [(1, 64, 96), (3, 96, 32)]:
         x = images(b, h, w, seed=h)
-        assert_decoded_equal(run(model, x), pp.decode(run(raw, x), head))
+        assert_decoded_equal(run(model, x), heads.decode(run(raw, x), head))
 
 
 def test_float16_maps_are_decoded_in_float32():
@@ -73,7 +74,7 @@ def test_float16_maps_are_decoded_in_float32():
     x = images(1, 64, 64)
     got = run(model, x)
     assert got[0].dtype == np.float32
-    assert_decoded_equal(got, pp.decode([m.astype(np.float32) for m in run(raw16, x)], head))
+    assert_decoded_equal(got, heads.decode([m.astype(np.float32) for m in run(raw16, x)], head))
 
 
 def test_channel_mismatch_is_refused():

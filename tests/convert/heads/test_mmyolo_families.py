@@ -40,7 +40,7 @@ X = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
 def test_graph_decode_equals_host_decode(head):
     raw = synthetic_model(head, size=(64, 96), batch=2, logit_scale=1.0)
     got, maps = run(decode_model(raw, head), X), run(raw, X)
-    want = pp.decode(maps, head)
+    want = heads.decode(maps, head)
     n = 8 * 12 + 4 * 6 + 2 * 3
     assert want.boxes.shape == (2, n, 4) and want.scores.shape == (2, n, 3)
     np.testing.assert_allclose(got[0], want.boxes, rtol=1e-5, atol=1e-3)
@@ -87,7 +87,7 @@ def test_end_to_end_model_matches_host_postprocessing(head):
     settings = pp.NMSSettings(score_threshold=0.3, iou_threshold=0.5, max_detections=20)
     e2e = make_end2end(raw, head, settings, "onnx")
     outs = dict(zip(["num_dets", "boxes", "scores", "classes"], run(e2e, X)))
-    got, want = pp.Detections.from_outputs(outs), pp.postprocess(run(raw, X), head, settings)
+    got, want = pp.Detections.from_outputs(outs), heads.postprocess(run(raw, X), head, settings)
     for i in range(2):
         assert len(want.image(i)) > 0
         assert pp.match(want.image(i), got.image(i), tol=1e-3).same

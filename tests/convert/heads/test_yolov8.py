@@ -33,7 +33,7 @@ def test_graph_decode_equals_host_decode(nk):
     assert {n.op_type for n in model.graph.node} - {"AveragePool", "Conv"} <= DECODE_OPS
     x = images(2, 64, 96)
     got, maps = run(model, x), run(raw, x)
-    want = pp.decode(maps, head)
+    want = heads.decode(maps, head)
     n = 8 * 12 + 4 * 6 + 2 * 3
     assert got[0].shape == (2, n, 4) and got[1].shape == (2, 3, n) and want.scores.shape == (2, n, 3)
     np.testing.assert_allclose(got[0], want.boxes, rtol=1e-5, atol=1e-3)
@@ -49,7 +49,7 @@ def test_graph_decode_with_dynamic_input_size():
     model = decode_model(raw, head)
     for b, h, w in [(1, 64, 96), (3, 96, 32)]:
         x = images(b, h, w, seed=h)
-        got, want = run(model, x), pp.decode(run(raw, x), head)
+        got, want = run(model, x), heads.decode(run(raw, x), head)
         np.testing.assert_allclose(got[0], want.boxes, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(got[2], want.keypoints, rtol=1e-5, atol=1e-3)
 
@@ -82,7 +82,7 @@ def test_end_to_end_model_matches_host_postprocessing(backend):
     e2e = make_end2end(raw, head, settings, backend)
     x = images(2, 64, 96, seed=5)
     got = run_with_references(e2e, {"images": x})  # TensorRT plugins by their numpy references
-    host = pp.postprocess(run(raw, x), head, settings)
+    host = heads.postprocess(run(raw, x), head, settings)
     assert host.num_dets.min() > 0
     names = [o.name for o in e2e.graph.output]
     dets = pp.Detections.from_outputs(dict(zip(names, got)) if isinstance(got, list) else got)

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from convert.errors import ConvertError
-from convert.models.checkpoint import Stub, load_checkpoint, load_pickle, load_state_dict_file, load_yolov5
-from convert.models.yolo import build_model, load_arch
+from convert.models.checkpoint import Stub, load_checkpoint, load_pickle, load_state_dict_file
+from convert.models.yolo import build_model, load_arch, load_yolov5
 
 
 class Model(nn.Module):

@@ -165,7 +165,7 @@ def test_host_postprocessing_equals_the_torch_reference():
         model.truncated = False
     settings = pp.NMSSettings(0.05, 0.5, 300)
     ref = torch_reference(decoded, meta, settings)
-    host = pp.postprocess([m.numpy() for m in maps], meta, settings)
+    host = heads.postprocess([m.numpy() for m in maps], meta, settings)
     assert ref.num_dets[0, 0] > 3
     agr = pp.match(ref.image(0), host.image(0), tol=2e-3)
     assert agr.same, agr
