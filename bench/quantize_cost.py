@@ -65,8 +65,8 @@ def run(args) -> dict:
     rows = []
     for _ in range(args.repeat):
         model = onnx.load(args.model)
-        phases = {n: Timed(qdq, n) for n in ("activation_sensitivity", "quantize_qdq", "correct_biases")
-                  if hasattr(qdq, n)}
+        phases = {n: Timed(qdq, n) for n in ("most_sensitive", "activation_sensitivity", "quantize_qdq",
+                                             "correct_biases") if hasattr(qdq, n)}
         t, cpu = time.perf_counter(), time.process_time()
         q = qdq.quantize_model(model, table["ranges"], c, lambda: calibration_batches(samples, table["preprocess"]),
                                "bench")
@@ -79,7 +79,8 @@ def run(args) -> dict:
     inits = {i.name: i for i in q.model.graph.initializer}
     biases = {n.name: numpy_helper.to_array(inits[n.input[2]]).astype(float).tolist() for n in q.model.graph.node
               if n.name in q.corrected}
-    errors = phases["activation_sensitivity"].result if "activation_sensitivity" in phases else None
+    sens = phases.get("most_sensitive") or phases.get("activation_sensitivity")
+    errors = sens.result if sens else None
     out = {"settings": c.model_dump(mode="json"), "sensitive": q.sensitive, "corrected": q.corrected,
            "errors": errors, "biases": biases, "float_nodes": q.plan.kept_float,
            "median": {k: statistics.median(r[k] for r in rows) for k in rows[0]}, "runs": rows}

@@ -48,7 +48,8 @@ Accuracy techniques, each measured on YOLOv5n / coco128 (bench/int8_accuracy.py)
 * ``keep_float_sensitive``: a sensitivity analysis quantizes each activation tensor alone and
   keeps in float the consumers of the ones that change the outputs most (in YOLOv5n one tensor,
   the second layer's output with a range of ~115 for mostly tiny values, costs more than the
-  next five together; its two 1x1 consumers are ~1% of the compute).
+  next five together; its two 1x1 consumers are ~1% of the compute). Clear losers after half the
+  images are not probed further (:func:`calib.measure.most_sensitive`).
 * ``bias_correction``: per-channel mean shifts measured on the calibration images are removed.
   (Both measurements are :mod:`calib.measure`'s.)
 * The ranges come from the table (``calibrate``): for SiLU networks MinMax keeps the rare large
@@ -67,7 +68,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_serializer, model_validator
 
-from calib.measure import activation_sensitivity, correct_biases, qdq_source
+from calib.measure import correct_biases, most_sensitive, qdq_source
 from convert.base import PassConfig
 from convert.errors import PassError
 
@@ -102,7 +103,8 @@ class QuantizeSettings(PassConfig):
     keep_float_sensitive: int = Field(0, ge=0, description="also keep in float the consumers of the N activation "
                                       "tensors whose quantization alone changes the outputs most (measured on the "
                                       "calibration images kept in the table)")
-    sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity")
+    sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity (all "
+                                     "tensors on the first half, the close contenders on the rest too)")
     bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
                                   "quantization causes, measured on the calibration images kept in the table")
 
@@ -194,8 +196,8 @@ def quantize_model(model, ranges: dict[str, tuple[float, float]], c: QuantizeSet
     sensitive: dict[str, float] = {}
     if c.keep_float_sensitive:
         probe = list(itertools.islice(batches(), c.sensitivity_samples))
-        errors = activation_sensitivity(model, {t: ranges[t] for t in needed}, probe, c.activation_type, ctx)
-        sensitive = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:c.keep_float_sensitive])
+        sensitive = most_sensitive(model, {t: ranges[t] for t in needed}, probe, c.keep_float_sensitive,
+                                   c.activation_type, ctx)
         plan = plan.keep_float(consumers_of(model, plan.quantized, set(sensitive)))
         if not plan.quantized:  # ONNX Runtime reads an empty node list as "quantize everything"
             raise PassError(f"keep_float_sensitive: {c.keep_float_sensitive} leaves no node to quantize.",

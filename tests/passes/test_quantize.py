@@ -409,8 +409,8 @@ def test_onnxruntime_target_never_probes_the_float_stem_input(setup, monkeypatch
     import calib.qdq as qdq
 
     probed = []
-    real = qdq.activation_sensitivity
-    monkeypatch.setattr(qdq, "activation_sensitivity",
+    real = qdq.most_sensitive
+    monkeypatch.setattr(qdq, "most_sensitive",
                         lambda model, ranges, *a, **k: probed.extend(ranges) or real(model, ranges, *a, **k))
     res, _, _ = quantize(setup, "ort_probe", target="onnxruntime", keep_float_sensitive=1)
     # the image feeds only the stem, which this target keeps float: quantizing it changes nothing
