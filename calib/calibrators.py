@@ -40,9 +40,9 @@ from onnxruntime.quantization.calibrate import (
     CalibraterBase,
     CalibrationDataReader,
     CalibrationMethod,
+    MinMaxCalibrater,
     TensorData,
     TensorsData,
-    create_calibrator,
 )
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
@@ -240,7 +240,27 @@ def mse_amax(counts: np.ndarray, width: float, levels: int = INT8_LEVELS) -> flo
     return float(a[int(np.argmin(rounding_to_zero + noise + clip))])
 
 
-class HistogramCalibrator(CalibraterBase):
+class _OptimizedSession:
+    """Runs the augmented model with ONNX Runtime's graph optimizations, which its calibrators turn off.
+
+    Every calibrated tensor is a graph output of the augmented model, and no optimization removes
+    or changes a graph output, so the statistics are the same (up to float rounding in the
+    kernels); but the convolutions run in the blocked layout with pre-packed weights (yolov5n, all
+    201 tensors: 94 -> 65 ms per image, 2 threads). The session does not spin
+    (:func:`convert.onnxutil.ort_session`).
+    """
+
+    def create_inference_session(self):
+        from convert.onnxutil import ort_session
+
+        self.infer_session = ort_session(Path(self.augmented_model_path))
+
+
+class _MinMax(_OptimizedSession, MinMaxCalibrater):
+    """ONNX Runtime's MinMax calibrator on an optimized session."""
+
+
+class HistogramCalibrator(_OptimizedSession, CalibraterBase):
     """Streams tensors out of an augmented model into one :class:`AbsHistogram` per tensor.
 
     Each batch is reduced to histograms as soon as it is run, so memory stays that of one
@@ -346,8 +366,9 @@ def calibrate(model_path: str | Path, input_name: str, batches: Iterable[np.ndar
     """
     augmented = Path(workdir) / "augmented.onnx"
     if method == "minmax":
-        calibrator = create_calibrator(Path(model_path), list(op_types or []), augmented_model_path=str(augmented),
-                                       calibrate_method=CalibrationMethod.MinMax)
+        calibrator = _MinMax(Path(model_path), list(op_types or []), augmented_model_path=str(augmented))
+        calibrator.augment_graph()
+        calibrator.create_inference_session()
         # Each collect_data call reduces what it ran to ranges and merges them, so feeding the
         # data in chunks bounds memory. (ONNX Runtime's own bound, max_intermediate_outputs,
         # drops the chunk instead of merging it as of onnxruntime 1.31.)
