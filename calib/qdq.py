@@ -48,7 +48,7 @@ Accuracy techniques, each measured on YOLOv5n / coco128 (bench/int8_accuracy.py)
 * ``keep_float_sensitive``: a sensitivity analysis quantizes each activation tensor alone and
   keeps in float the consumers of the ones that change the outputs most (in YOLOv5n one tensor,
   the second layer's output with a range of ~115 for mostly tiny values, costs more than the
-  next five together; its two 1x1 consumers are ~1% of the compute). Clear losers after half the
+  next five together; its two 1x1 consumers are ~1% of the compute). Clear losers after a quarter of the
   images are not probed further (:func:`calib.measure.most_sensitive`).
 * ``bias_correction``: per-channel mean shifts measured on the calibration images are removed.
   (Both measurements are :mod:`calib.measure`'s.)
@@ -104,7 +104,7 @@ class QuantizeSettings(PassConfig):
                                       "tensors whose quantization alone changes the outputs most (measured on the "
                                       "calibration images kept in the table)")
     sensitivity_samples: int = Field(8, ge=1, description="calibration images used to measure sensitivity (all "
-                                     "tensors on the first half, the close contenders on the rest too)")
+                                     "tensors on the first quarter, the close contenders on the rest too)")
     bias_correction: bool = Field(True, description="correct each quantized convolution's bias for the mean shift "
                                   "quantization causes, measured on the calibration images kept in the table")
 
