@@ -36,6 +36,18 @@ def test_a_perturbed_output_fails_the_gate_naming_it():
         "IR output 'b' differs from the ONNX model's by 0.5 > max_abs_diff 0.1"]
 
 
+def test_polygraphy_output_statistics_are_skipped_during_a_comparison_only(monkeypatch):
+    from polygraphy.comparator import util as comp_util
+
+    real, calls = comp_util.log_output_stats, []
+    monkeypatch.setattr(comp_util, "log_output_stats", lambda *a, **k: calls.append(a))
+    spy = comp_util.log_output_stats
+    ref = {"a": np.ones((3, 3), np.float32)}
+    got = refcheck.compare(ref, {"a": ref["a"] + 0.25})
+    assert got.max_abs["a"] == pytest.approx(0.25)  # the comparison itself is intact
+    assert calls == [] and comp_util.log_output_stats is spy and spy is not real  # skipped, then restored
+
+
 def test_a_missing_output_is_reported_and_fails_even_without_a_gate():
     ref = {"a": np.zeros(3, np.float32), "b": np.zeros(3, np.float32)}
     got = refcheck.compare(ref, {"a": np.zeros(3, np.float32), "c": np.zeros(3, np.float32)})
