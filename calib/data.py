@@ -37,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
 import random
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -562,6 +564,48 @@ def draw(candidates, num: int | None, seed: int) -> list:
 def _reason(e: ConvertError) -> str:
     msg = e.message
     return msg.split(": ", 1)[1] if msg.startswith("image ") and ": " in msg else msg
+
+
+def prefetch(items: Iterable, depth: int = 2) -> Iterator:
+    """What ``items`` yields, in order, computed up to ``depth`` items ahead in a thread.
+
+    Images are read, decoded and letterboxed (OpenCV, NumPy: the GIL released) while ONNX Runtime
+    runs the previous one, whose two threads leave the cores idle between kernels. An exception of
+    ``items`` is raised where it would have been; a consumer that stops early stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def produce():
+        try:
+            for x in items:
+                if not put((x, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed over to the consumer
+            put((end, e))
+
+    threading.Thread(target=produce, daemon=True, name="prefetch").start()
+    try:
+        while True:
+            x, error = ready.get()
+            if x is end:
+                if error is not None:
+                    raise error
+                return
+            yield x
+    finally:
+        stop.set()
 
 
 def batches(samples: Iterator[Sample], pp: dict[str, Any], batch_size: int) -> Iterator[np.ndarray]:

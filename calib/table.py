@@ -12,10 +12,10 @@ TABLE_FORMAT = 1
 
 def calibration_batches(paths, pp: dict) -> Iterator:
     """Calibration images (files kept in a table artifact) preprocessed as they were for calibration."""
+    from calib.data import prefetch
     from convert.preprocess import load_image, preprocess
 
-    for path in paths:
-        yield preprocess(load_image(path), pp)[0]
+    return prefetch(preprocess(load_image(path), pp)[0] for path in paths)
 
 
 def read_table(path) -> dict:

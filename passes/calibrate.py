@@ -258,7 +258,7 @@ class Calibrate(Pass):
             pp = data.resolve_preprocess(model.meta.get("preprocess"), c.preprocess, inp, c.batch_size)
             cset = data.CalibrationSet(c.resolve(), c.num, c.seed, c.on_bad_image)
             (out / SAMPLES_DIR).mkdir()
-            batches = ctx.bar(data.batches(_keep(cset.samples(), out / SAMPLES_DIR), pp, c.batch_size),
+            batches = ctx.bar(data.prefetch(data.batches(_keep(cset.samples(), out / SAMPLES_DIR), pp, c.batch_size)),
                               total=math.ceil(cset.expected / c.batch_size), desc=f"{c.method} calibration")
             with tempfile.TemporaryDirectory(prefix="calibrate-") as tmp:
                 try:

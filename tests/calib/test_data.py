@@ -314,3 +314,41 @@ def test_labelled_coco_source_keeps_the_files_order_and_checks_keypoints(tmp_pat
     assert [im.path for im in ds.images] == paths and len(ds.gt["annotations"]) == 2
     with pytest.raises(ConvertError, match="predicts 17 keypoints"):
         src.dataset(paths, ["square"], 17)
+
+
+def test_prefetch_yields_in_order_raises_where_the_source_fails_and_stops_when_dropped():
+    import threading
+    import time
+
+    from calib.data import prefetch
+
+    assert list(prefetch(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ConvertError("image 3: unreadable")
+
+    got = []
+    with pytest.raises(ConvertError, match="unreadable"):
+        for x in prefetch(failing()):
+            got.append(x)
+    assert got == [1, 2]  # everything before the failure arrives first
+
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    it = prefetch(endless(), depth=2)
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    it.close()  # a consumer that stops early (islice, a break)
+    time.sleep(0.3)
+    n = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == n <= 3 + 2 + 1  # at most depth ahead, then the thread is gone
+    assert not any(t.name == "prefetch" and t.is_alive() for t in threading.enumerate())
