@@ -395,7 +395,7 @@ def _weights(name: str, producer: dict, inits: dict) -> np.ndarray | None:
     return ((q - np.reshape(zp, shape)).astype(np.float32) * np.reshape(scale, shape)).astype(np.float64)
 
 
-def _fold_constant_dequantize(model) -> None:
+def fold_weight_dequantize(model) -> None:
     """Replaces each DequantizeLinear of initializers (the quantized weights) by its float result, in place.
 
     The values are those DequantizeLinear computes, so the model's outputs do not change; but ONNX
@@ -470,7 +470,7 @@ def correct_biases(float_model, qmodel, batches: Iterable, ctx=None) -> dict[str
     probe = onnx.ModelProto()
     probe.CopyFrom(qmodel)
     del probe.graph.output[:]
-    _fold_constant_dequantize(probe)
+    fold_weight_dequantize(probe)
     sums: dict[tuple, str] = {}  # (tensor, geometry) -> output with its tap sums
 
     def tap_sums(tensor: str, geometry: tuple) -> str:

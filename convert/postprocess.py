@@ -194,13 +194,23 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def iou_one_to_many(box: np.ndarray, area: np.float32, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
     """IoU of one box with many, float32, in ONNX Runtime's operation order (0 without overlap)."""
-    iw = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
-    ih = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
+    return iou_rows(box[None], np.asarray(area)[None], boxes, areas)[0]
+
+
+def iou_rows(rows: np.ndarray, row_areas: np.ndarray, boxes: np.ndarray, areas: np.ndarray) -> np.ndarray:
+    """IoU ``[r, m]`` of each of ``rows`` with each of ``boxes``, float32, in ONNX Runtime's
+    operation order (0 without overlap): every element as :func:`iou_one_to_many` computes it."""
+    iw = np.minimum(rows[:, None, 2], boxes[None, :, 2]) - np.maximum(rows[:, None, 0], boxes[None, :, 0])
+    ih = np.minimum(rows[:, None, 3], boxes[None, :, 3]) - np.maximum(rows[:, None, 1], boxes[None, :, 1])
     overlap = (iw > 0) & (ih > 0)
     inter = np.where(overlap, iw * ih, np.float32(0))
     with np.errstate(invalid="ignore", divide="ignore"):  # non-overlapping degenerate boxes: 0/0, masked below
-        iou = inter / (area + areas - inter)
+        iou = inter / (row_areas[:, None] + areas[None, :] - inter)
     return np.where(overlap & (inter > 0), iou, np.float32(0))
+
+
+NMS_BLOCK = 256
+"""Rows of the IoU matrix :func:`greedy_nms` computes at once (256 x m float32 at most)."""
 
 
 def greedy_nms(boxes: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
@@ -219,14 +229,20 @@ def greedy_nms(boxes: np.ndarray, iou_threshold: float, limit: int) -> np.ndarra
     areas = box_areas(boxes)
     alive = np.ones(len(boxes), dtype=bool)
     keep: list[int] = []
-    for i in range(len(boxes)):
-        if not alive[i]:
+    # The IoUs of a block of boxes with all are computed at once (the same float32 values as box by
+    # box), so the loop over the kept boxes only combines masks (random boxes: about 2x faster)
+    for start in range(0, len(boxes), NMS_BLOCK):
+        stop = min(start + NMS_BLOCK, len(boxes))
+        if not alive[start:stop].any():
             continue
-        keep.append(i)
-        if len(keep) == limit:
-            break
-        rest = np.flatnonzero(alive[i + 1:]) + i + 1
-        alive[rest[iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) > thr]] = False
+        suppress = iou_rows(boxes[start:stop], areas[start:stop], boxes, areas) > thr
+        for i in range(start, stop):
+            if not alive[i]:
+                continue
+            keep.append(i)
+            if len(keep) == limit:
+                return np.asarray(keep, dtype=np.int64)
+            alive[i + 1:] &= ~suppress[i - start, i + 1:]
     return np.asarray(keep, dtype=np.int64)
 
 

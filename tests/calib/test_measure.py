@@ -158,7 +158,7 @@ def direct_shifts(float_model, qmodel, batches):
     # later QuantizeLinear moves a value a whole step (on these 16x16 images, 0.1 % of a mean)
     run = onnx.ModelProto()
     run.CopyFrom(qmodel)
-    measure._fold_constant_dequantize(run)
+    measure.fold_weight_dequantize(run)
     sess = ort_session(_with_outputs(run, names).SerializeToString())
     sums, count = {}, 0
     for x in batches:
@@ -230,7 +230,7 @@ def test_folding_the_weights_dequantize_keeps_the_outputs(setup):
     qmodel = quantize_model(model, ranges, QuantizeSettings(bias_correction=False), lambda: iter(images), "q").model
     folded = onnx.ModelProto()
     folded.CopyFrom(qmodel)
-    measure._fold_constant_dequantize(folded)
+    measure.fold_weight_dequantize(folded)
     inits = {i.name for i in folded.graph.initializer}
     kinds = [n.op_type for n in folded.graph.node]
     assert kinds.count("DequantizeLinear") == kinds.count("QuantizeLinear") > 0  # the activations' pairs stay

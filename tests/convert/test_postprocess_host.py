@@ -180,3 +180,30 @@ def test_outputs_round_trip_and_errors():
     with pytest.raises(ConvertError, match="channels"):
         heads.decode([np.zeros((1, 10, 2, 2), np.float32)], {"type": "yolov5", "nc": 1, "na": 3, "strides": [8],
                                                           "anchors": [[[1, 1]] * 3]})
+
+
+@pytest.mark.parametrize("block", [1, 7, 256])
+def test_greedy_nms_in_blocks_keeps_what_box_by_box_nms_keeps(monkeypatch, block):
+    from convert import postprocess as pp
+
+    def box_by_box(boxes, thr, limit):
+        areas, alive, keep = pp.box_areas(boxes), np.ones(len(boxes), bool), []
+        for i in range(len(boxes)):
+            if alive[i]:
+                keep.append(i)
+                if len(keep) == limit:
+                    break
+                rest = np.flatnonzero(alive[i + 1:]) + i + 1
+                alive[rest[pp.iou_one_to_many(boxes[i], areas[i], boxes[rest], areas[rest]) > np.float32(thr)]] = False
+        return keep
+
+    monkeypatch.setattr(pp, "NMS_BLOCK", block)
+    rng = np.random.default_rng(block)
+    for trial in range(40):
+        m = int(rng.integers(0, 300))
+        xy, wh = rng.random((m, 2)) * 100, rng.random((m, 2)) * 40
+        wh[: m // 4 if trial % 3 == 0 else 0] = 0  # degenerate boxes
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        boxes[m // 2: m // 2 + 5] = boxes[:5][: max(0, min(5, m - m // 2))]  # exact duplicates
+        for thr, limit in [(0.45, 300), (0.7, 5), (0.0, 1000)]:
+            assert pp.greedy_nms(boxes, thr, limit).tolist() == box_by_box(boxes, thr, limit)
