@@ -506,6 +506,10 @@ def coco_map(dataset: Dataset, results: list[dict[str, Any]], iou_type: str = "b
         dt = gt.loadRes(copy.deepcopy(results))
         ev = COCOeval(gt, dt, iou_type)
         ev.params.imgIds = [im.id for im in dataset.images]
+        # Only classes with ground truth count in COCO's mean (the others' precision is -1), so only
+        # they are evaluated: the same figures, in a fraction of the time on a subset such as
+        # method auto's held-out images (coco128, 64 images: 38 of 80 classes)
+        ev.params.catIds = sorted(instances)
         if iou_type == "keypoints":
             ev.params.kpt_oks_sigmas = np.asarray(_sigmas(dataset.nk, kpt_sigmas), dtype=np.float64)
         ev.evaluate()

@@ -205,3 +205,40 @@ def test_evaluate_model_on_a_bare_onnx_file(tmp_path):
     res = evaluate_model(OrtRunner(tmp_path / "m.onnx", threads=1), ds, meta)
     assert res["mAP50-95"] == pytest.approx(1.0) and res["kpt_mAP50-95"] == pytest.approx(1.0)
     assert res["images"] == 1 and res["detections"] == 2 and res["seconds"] > 0
+
+
+def test_map_evaluates_only_classes_with_ground_truth_and_gives_pycocotools_figures(tmp_path):
+    """Detections of a class without ground truth (and a crowd-only class) change nothing: the
+    figures equal a plain pycocotools run over every category."""
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from convert.evaluation import coco_map
+
+    ds = load_yolo(write_dataset(tmp_path), ["cat", "dog", "bird", "fish"], nk=0)
+    ds.gt["annotations"].append({**ds.gt["annotations"][0], "id": 99, "category_id": 3, "iscrowd": 1})
+    dets = gt_detections(ds, shift=2.0)
+    rng = np.random.default_rng(0)
+    for d in dets:  # false positives in every class, the ones without (non-crowd) ground truth included
+        extra = np.concatenate([rng.random((6, 2)) * 40, rng.random((6, 2)) * 40 + 45], 1).astype(np.float32)
+        d.boxes, d.scores = np.concatenate([d.boxes, extra]), np.concatenate([d.scores, rng.random(6, np.float32)])
+        d.classes = np.concatenate([d.classes, np.arange(6, dtype=np.int32) % 4])
+    results = coco_results(ds, dets)
+    got = coco_map(ds, results)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = copy.deepcopy(ds.gt)
+        gt.createIndex()
+        ev = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+        ev.params.imgIds = [im.id for im in ds.images]
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert 0 < got["mAP50-95"] < 1
+    assert got["mAP50-95"] == pytest.approx(ev.stats[0], abs=1e-12) and got["mAP50"] == pytest.approx(ev.stats[1],
+                                                                                                      abs=1e-12)
+    assert set(got["per_class"]) == {"cat", "dog"}
