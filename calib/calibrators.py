@@ -295,12 +295,28 @@ class HistogramCalibrator(_OptimizedSession, CalibraterBase):
 
     def collect_data(self, data_reader: CalibrationDataReader) -> None:
         """Runs every batch of the reader and folds its tensors into the histograms."""
+        from concurrent.futures import ThreadPoolExecutor
+
         names = [o.name for o in self.infer_session.get_outputs()]
         wanted = set(self.tensors)
-        while (inputs := data_reader.get_next()) is not None:
-            for name, value in zip(names, self.infer_session.run(None, inputs)):
+
+        def fold(values) -> None:
+            for name, value in zip(names, values):
                 if name in wanted:
                     self.stats.setdefault(name, AbsHistogram(self.num_bins)).update(value)
+
+        # A batch's tensors are folded into the histograms in a thread while ONNX Runtime runs the
+        # next batch (NumPy releases the GIL): one worker, so every histogram sees its batches in
+        # order and the counts are those of folding them one after the other; at most one batch waits.
+        with ThreadPoolExecutor(1, thread_name_prefix="histograms") as worker:
+            pending = None
+            while (inputs := data_reader.get_next()) is not None:
+                values = self.infer_session.run(None, inputs)
+                if pending is not None:
+                    pending.result()
+                pending = worker.submit(fold, values)
+            if pending is not None:
+                pending.result()
 
     def compute_data(self) -> TensorsData:
         """Entropy ranges, as ONNX Runtime's calibrator interface expects."""
