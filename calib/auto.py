@@ -117,7 +117,6 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
     """
     import onnx
 
-    from calib.measure import fold_weight_dequantize
     from calib.qdq import quantize_model
     from convert import onnxutil
     from convert.evaluation import METRICS, evaluate_detections, predict
@@ -149,9 +148,6 @@ def select(model_file: Path, meta: dict[str, Any], candidates: dict[str, dict[st
         paths = {}
         for method, ranges in candidates.items():
             q = quantize_model(float_model, ranges, quantize, batches, f"{where}.quantize", ctx, method)
-            # scored with its weights' DequantizeLinear folded: the same values, but ONNX Runtime runs
-            # the convolutions with pre-packed weights (yolov5n, TensorRT placement: 59 -> 52 ms per image)
-            fold_weight_dequantize(q.model)
             paths[method] = Path(tmp) / f"{method}.onnx"
             onnxutil.save(q.model, paths[method])
         screened = None

@@ -395,29 +395,6 @@ def _weights(name: str, producer: dict, inits: dict) -> np.ndarray | None:
     return ((q - np.reshape(zp, shape)).astype(np.float32) * np.reshape(scale, shape)).astype(np.float64)
 
 
-def fold_weight_dequantize(model) -> None:
-    """Replaces each DequantizeLinear of initializers (the quantized weights) by its float result, in place.
-
-    The values are those DequantizeLinear computes, so the model's outputs do not change; but ONNX
-    Runtime keeps such nodes (to fuse Q/DQ patterns, which it cannot with TensorRT's placement) and
-    then runs each convolution with weights computed at run time, without its blocked-layout and
-    pre-packed kernels: yolov5n's Q/DQ model 74 ms against 48 ms for the float one, 2 threads.
-    """
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    folded = []
-    for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits:
-            w = _weights(node.output[0], producer, inits)
-            if w is not None:
-                folded.append(node)
-                model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float32), node.output[0]))
-    for node in folded:
-        model.graph.node.remove(node)
-
-
 def correct_biases(float_model, qmodel, batches: Iterable, ctx=None) -> dict[str, float]:
     """Empirical bias correction of the quantized convolutions of a Q/DQ model, in place.
 
@@ -470,7 +447,6 @@ def correct_biases(float_model, qmodel, batches: Iterable, ctx=None) -> dict[str
     probe = onnx.ModelProto()
     probe.CopyFrom(qmodel)
     del probe.graph.output[:]
-    fold_weight_dequantize(probe)
     sums: dict[tuple, str] = {}  # (tensor, geometry) -> output with its tap sums
 
     def tap_sums(tensor: str, geometry: tuple) -> str:

@@ -205,8 +205,7 @@ class Calibrate(Pass):
     name = "calibrate"
     version = 4  # 3: method auto's candidates are quantized as quantize version 4 does (bias corrections)
     # 4: statistics from ONNX Runtime sessions with graph optimizations on (calib.calibrators._OptimizedSession:
-    # the same ranges up to kernel rounding, 94 -> 76 ms per yolov5n image); auto's candidates as quantize v5,
-    # scored with their weights' DequantizeLinear folded (float rounding alone moves yolov5n's held-out score)
+    # the same ranges up to kernel rounding, 94 -> 76 ms per yolov5n image); auto's candidates as quantize v5
     Config = CalibrateConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body (truncated head)")}
     output = "calib_table"

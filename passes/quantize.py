@@ -28,8 +28,7 @@ class Quantize(Pass):
     # 4: bias corrections from tap sums (calib.measure.correct_biases: within 1e-3 of version 3's, and
     # closer to a float64 computation);
     # 5: sensitivity in two rounds (calib.measure.most_sensitive: the same pick on yolov5n, from a quarter of
-    # the probes) and bias correction on the Q/DQ model with its weights' DequantizeLinear folded (ONNX
-    # Runtime rounds those convolutions differently: biases within 1e-5 of version 4's)
+    # the probes)
     version = 5
     Config = QuantizeConfig
     inputs = {"model": Input(("onnx",), doc="the float32 ONNX network body that was calibrated"),
