@@ -246,7 +246,7 @@ class _OptimizedSession:
     Every calibrated tensor is a graph output of the augmented model, and no optimization removes
     or changes a graph output, so the statistics are the same (up to float rounding in the
     kernels); but the convolutions run in the blocked layout with pre-packed weights (yolov5n, all
-    201 tensors: 94 -> 65 ms per image, 2 threads). The session does not spin
+    201 tensors: 94 -> 76 ms per image, 2 threads). The session does not spin
     (:func:`convert.onnxutil.ort_session`).
     """
 

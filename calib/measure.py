@@ -299,13 +299,13 @@ def most_sensitive(model, ranges: dict[str, tuple[float, float]], batches: list,
         The chosen tensors (most sensitive first) -> relative squared error over the batches
         they were measured on.
     """
-    half = -(-len(batches) // 4)
-    diff, energy = _sensitivity_sums(model, ranges, batches[:half], activation_type, ctx)
+    screen = -(-len(batches) // 4)  # a quarter, rounded up
+    diff, energy = _sensitivity_sums(model, ranges, batches[:screen], activation_type, ctx)
     ranked = sorted(diff, key=lambda t: -diff[t])
-    if len(ranked) > k and batches[half:]:
+    if len(ranked) > k and batches[screen:]:
         contenders = [t for t in ranked if diff[t] >= diff[ranked[k - 1]] / SCREEN_FACTOR]
         if len(contenders) > k:
-            more, more_energy = _sensitivity_sums(model, {t: ranges[t] for t in contenders}, batches[half:],
+            more, more_energy = _sensitivity_sums(model, {t: ranges[t] for t in contenders}, batches[screen:],
                                                   activation_type, ctx)
             diff, energy = {t: diff[t] + more[t] for t in contenders}, energy + more_energy
             ranked = sorted(diff, key=lambda t: -diff[t])
